@@ -1,0 +1,102 @@
+//! Test helpers for rate-limit strategies, run natively: a driver that keeps state as the host
+//! does (only admitted decisions are committed), and the bounds every strategy must honour.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::marker::PhantomData;
+
+use crate::rate::{Guest, Usage, Verdict};
+
+/// Drives one subject through a strategy, storing state only when a request is admitted.
+pub struct Driver<G> {
+    config: Vec<u8>,
+    state: Option<Vec<u8>>,
+    /// Every admitted request as `(now_ms, tokens)`.
+    pub admitted: Vec<(u64, u64)>,
+    strategy: PhantomData<G>,
+}
+
+/// Turns `&str` pairs into the parameter list `configure` takes.
+pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A request of `tokens` at `now_ms` by a fixed subject.
+pub fn usage(now_ms: u64, tokens: u64) -> Usage {
+    Usage {
+        subject: "user-1".into(),
+        provider: "openai".into(),
+        model: None,
+        tokens,
+        now_ms,
+    }
+}
+
+impl<G: Guest> Driver<G> {
+    /// Configures the strategy; panics with the strategy's message when it refuses.
+    pub fn new(pairs: &[(&str, &str)]) -> Self {
+        let config = match G::configure(params(pairs)) {
+            Ok(config) => config,
+            Err(message) => panic!("configure refused {pairs:?}: {message}"),
+        };
+        Self {
+            config,
+            state: None,
+            admitted: Vec::new(),
+            strategy: PhantomData,
+        }
+    }
+
+    /// Decides a request at `now_ms`, committing the state when it is admitted.
+    pub fn at(&mut self, now_ms: u64, tokens: u64) -> Verdict {
+        let (verdict, next) = G::decide(
+            self.config.clone(),
+            self.state.clone(),
+            usage(now_ms, tokens),
+        );
+        if verdict.is_allowed() {
+            self.state = Some(next);
+            self.admitted.push((now_ms, tokens));
+        }
+        verdict
+    }
+}
+
+/// The most tokens admitted within any closed interval `[t, t + span_ms]`.
+pub fn max_in_any_interval(admitted: &[(u64, u64)], span_ms: u64) -> u64 {
+    (0..admitted.len())
+        .map(|i| {
+            let start = admitted[i].0;
+            admitted[i..]
+                .iter()
+                .take_while(|(t, _)| *t <= start + span_ms)
+                .map(|(_, n)| n)
+                .sum()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Checks the bucket bound: within any interval of `t` ms at most `capacity + rate * t`
+/// tokens, with `rate` in micro-tokens per millisecond. Returns the first violation.
+pub fn bucket_bound_violation(
+    admitted: &[(u64, u64)],
+    capacity: u64,
+    micro_per_ms: u64,
+) -> Option<(usize, usize)> {
+    for i in 0..admitted.len() {
+        let mut sum: u128 = 0;
+        for (j, &(t, n)) in admitted.iter().enumerate().skip(i) {
+            sum += u128::from(n);
+            let span = u128::from(t - admitted[i].0);
+            let bound = u128::from(capacity) * 1_000_000 + span * u128::from(micro_per_ms);
+            if sum * 1_000_000 > bound {
+                return Some((i, j));
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,112 @@
+//! What a component is: its world, imports, exports, size and digest.
+
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::bindings::{QUOTA_INTERFACE, RATE_LIMITER_INTERFACE};
+use crate::error::LoadError;
+
+/// Which policy world a component implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// The `rate-limit-policy` world.
+    RateLimiter,
+    /// The `quota-rule` world.
+    QuotaRule,
+}
+
+impl PolicyKind {
+    /// The WIT world's name.
+    pub fn world(self) -> &'static str {
+        match self {
+            Self::RateLimiter => "leaky:policy/rate-limit-policy@0.1.0",
+            Self::QuotaRule => "leaky:policy/quota-rule@0.1.0",
+        }
+    }
+
+    /// A short name for APIs and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimiter => "rate-limiter",
+            Self::QuotaRule => "quota-rule",
+        }
+    }
+}
+
+/// Facts about a loaded component.
+#[derive(Clone, Debug)]
+pub struct ComponentInfo {
+    /// The world it implements.
+    pub kind: PolicyKind,
+    /// Hex sha256 of the component's bytes: its identity.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: usize,
+    /// Names of its imports (always empty for a component that loaded).
+    pub imports: Vec<String>,
+    /// Names of its exports.
+    pub exports: Vec<String>,
+    /// Time spent compiling, or loading the cached compilation.
+    pub compile_time: Duration,
+    /// Whether the compilation came from the artifact cache.
+    pub cached: bool,
+}
+
+/// Hex sha256 of some bytes.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Fails when `bytes` is a core module: `\0asm` with layer 0 and version 1.
+pub(crate) fn refuse_core_module(bytes: &[u8]) -> Result<(), LoadError> {
+    match bytes {
+        [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, ..] => Err(LoadError::CoreModule),
+        _ => Ok(()),
+    }
+}
+
+/// Import and export names of a compiled component.
+pub(crate) fn interface_names(
+    engine: &Engine,
+    component: &Component,
+) -> (Vec<String>, Vec<String>) {
+    let ty = component.component_type();
+    let imports = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let exports = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    (imports, exports)
+}
+
+/// Refuses any import, naming the first; then finds the world from the exports.
+pub(crate) fn classify(imports: &[String], exports: &[String]) -> Result<PolicyKind, LoadError> {
+    if let Some(first) = imports.first() {
+        return Err(LoadError::ForbiddenImport {
+            name: first.clone(),
+            all: imports.to_vec(),
+        });
+    }
+    let has = |name: &str| exports.iter().any(|e| e == name);
+    match (has(RATE_LIMITER_INTERFACE), has(QUOTA_INTERFACE)) {
+        (true, false) => Ok(PolicyKind::RateLimiter),
+        (false, true) => Ok(PolicyKind::QuotaRule),
+        (true, true) => Err(LoadError::UnknownWorld {
+            expected: "exactly one of them".into(),
+            found: exports.join(", "),
+        }),
+        (false, false) => Err(LoadError::UnknownWorld {
+            expected: format!("{RATE_LIMITER_INTERFACE}, {QUOTA_INTERFACE}"),
+            found: if exports.is_empty() {
+                "nothing".into()
+            } else {
+                exports.join(", ")
+            },
+        }),
+    }
+}

@@ -1,0 +1,107 @@
+//! `cargo xtask`: the project's chores, so nobody has to remember a shell script.
+//!
+//! - `cargo xtask guests`: add the `wasm32-wasip2` target when missing and build every policy
+//!   component, size-optimised, into `policies/` (hostile fixtures into `guests/fixtures/wasm/`).
+//! - `cargo xtask test`: build the guests, then run the whole workspace's tests.
+//! - `cargo xtask bench`: build the guests, then run the criterion benchmarks.
+
+mod guests;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(about = "Leaky Tokens project chores")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build every policy component and hostile fixture.
+    Guests,
+    /// Build the guests, then run every test of the workspace.
+    Test {
+        /// Extra arguments for the test runner (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build the guests, then run the criterion benchmarks of the engine.
+    Bench {
+        /// Extra arguments for criterion (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().command {
+        Task::Guests => guests::build(&root),
+        Task::Test { args } => {
+            guests::build(&root)?;
+            test(&root, &args)
+        }
+        Task::Bench { args } => {
+            guests::build(&root)?;
+            let mut cmd = cargo(&root);
+            cmd.args([
+                "bench",
+                "--package",
+                "leaky-engine",
+                "--bench",
+                "decide",
+                "--",
+            ])
+            .args(args);
+            run(&mut cmd)
+        }
+    }
+}
+
+/// Runs the workspace's tests with cargo-nextest when it is installed, else `cargo test`.
+fn test(root: &Path, args: &[String]) -> Result<()> {
+    let nextest = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut cmd = cargo(root);
+    if nextest {
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    run(cmd.args(args))?;
+    // nextest does not run doctests.
+    if nextest {
+        run(cargo(root).args(["test", "--workspace", "--doc"]))?;
+    }
+    Ok(())
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+/// A `cargo` command run from the workspace root.
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+/// Runs a command, failing with its command line when it does not succeed.
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
