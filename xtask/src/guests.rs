@@ -21,19 +21,8 @@ struct Group {
 }
 
 const GROUPS: &[Group] = &[
-    Group {
-        packages: &[
-            "leaky-bucket",
-            "token-bucket",
-            "fixed-window",
-            "sliding-window",
-        ],
-        dest: "policies",
-    },
-    Group {
-        packages: &["model-pricing"],
-        dest: "policies",
-    },
+    Group { packages: &["leaky-bucket", "token-bucket", "fixed-window", "sliding-window"], dest: "policies" },
+    Group { packages: &["model-pricing"], dest: "policies" },
     Group {
         packages: &[
             "fixture-infinite-loop",
@@ -44,10 +33,7 @@ const GROUPS: &[Group] = &[
         ],
         dest: "guests/fixtures/wasm",
     },
-    Group {
-        packages: &["fixture-forbidden-import"],
-        dest: "guests/fixtures/wasm",
-    },
+    Group { packages: &["fixture-forbidden-import"], dest: "guests/fixtures/wasm" },
 ];
 
 /// Adds the wasm target when missing, builds every group and copies the components in place.
@@ -64,20 +50,12 @@ pub fn build(root: &Path) -> Result<()> {
         let dest = root.join(group.dest);
         fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
         for package in group.packages {
-            let built = target_dir
-                .join(TARGET)
-                .join(PROFILE)
-                .join(format!("{}.wasm", package.replace('-', "_")));
+            let built = target_dir.join(TARGET).join(PROFILE).join(format!("{}.wasm", package.replace('-', "_")));
             let name = package.strip_prefix("fixture-").unwrap_or(package);
             let out = dest.join(format!("{name}.wasm"));
-            fs::copy(&built, &out)
-                .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+            fs::copy(&built, &out).with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
             let size = fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-            println!(
-                "{:>8} bytes  {}",
-                size,
-                out.strip_prefix(root).unwrap_or(&out).display()
-            );
+            println!("{:>8} bytes  {}", size, out.strip_prefix(root).unwrap_or(&out).display());
         }
     }
     Ok(())
@@ -85,17 +63,9 @@ pub fn build(root: &Path) -> Result<()> {
 
 /// Installs the wasm target through rustup when the active toolchain lacks it.
 fn ensure_target() -> Result<()> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output();
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
     match installed {
-        Ok(out)
-            if String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|l| l.trim() == TARGET) =>
-        {
-            Ok(())
-        }
+        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == TARGET) => Ok(()),
         Ok(_) => run(Command::new("rustup").args(["target", "add", TARGET])),
         Err(_) => {
             // No rustup: the toolchain must already carry the target; cargo says so if not.
@@ -106,18 +76,10 @@ fn ensure_target() -> Result<()> {
 
 /// Where cargo puts build output (honours `CARGO_TARGET_DIR` and cargo config).
 fn target_dir(root: &Path) -> Result<PathBuf> {
-    let out = cargo(root)
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()?;
+    let out = cargo(root).args(["metadata", "--format-version", "1", "--no-deps"]).output()?;
     if !out.status.success() {
-        bail!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    meta["target_directory"]
-        .as_str()
-        .map(PathBuf::from)
-        .context("cargo metadata has no target_directory")
+    meta["target_directory"].as_str().map(PathBuf::from).context("cargo metadata has no target_directory")
 }

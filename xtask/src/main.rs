@@ -48,15 +48,7 @@ fn main() -> Result<()> {
         Task::Bench { args } => {
             guests::build(&root)?;
             let mut cmd = cargo(&root);
-            cmd.args([
-                "bench",
-                "--package",
-                "leaky-engine",
-                "--bench",
-                "decide",
-                "--",
-            ])
-            .args(args);
+            cmd.args(["bench", "--package", "leaky-engine", "--bench", "decide", "--"]).args(args);
             run(&mut cmd)
         }
     }
@@ -64,10 +56,7 @@ fn main() -> Result<()> {
 
 /// Runs the workspace's tests with cargo-nextest when it is installed, else `cargo test`.
 fn test(root: &Path, args: &[String]) -> Result<()> {
-    let nextest = Command::new("cargo")
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let nextest = Command::new("cargo").args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     let mut cmd = cargo(root);
     if nextest {
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
@@ -97,9 +86,7 @@ fn cargo(root: &Path) -> Command {
 
 /// Runs a command, failing with its command line when it does not succeed.
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }

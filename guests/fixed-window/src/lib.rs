@@ -37,45 +37,27 @@ impl Guest for FixedWindow {
     }
 
     fn decide(config: Vec<u8>, state: Option<Vec<u8>>, usage: Usage) -> (Verdict, Vec<u8>) {
-        let Some([capacity, window_ms]) =
-            decode_u64s::<2>(&config).filter(|[c, w]| *c > 0 && *w > 0)
-        else {
+        let Some([capacity, window_ms]) = decode_u64s::<2>(&config).filter(|[c, w]| *c > 0 && *w > 0) else {
             return (Verdict::exceeds_capacity(0, 0, 0), Vec::new());
         };
         let now = usage.now_ms;
         let current = now / window_ms;
-        let [window, used] = state
-            .as_deref()
-            .and_then(decode_u64s)
-            .unwrap_or([current, 0]);
+        let [window, used] = state.as_deref().and_then(decode_u64s).unwrap_or([current, 0]);
         // A window later than now (a clock that went backwards) keeps counting in that window.
-        let (window, used) = if window < current {
-            (current, 0)
-        } else {
-            (window, used.min(capacity))
-        };
+        let (window, used) = if window < current { (current, 0) } else { (window, used.min(capacity)) };
         let window_end = window.saturating_add(1).saturating_mul(window_ms);
         let until_next = window_end.saturating_sub(now);
         let reset = |used: u64| if used == 0 { 0 } else { until_next };
         let save = |used: u64| encode_u64s([window, used]);
 
         if usage.tokens > capacity {
-            return (
-                Verdict::exceeds_capacity(capacity, capacity - used, reset(used)),
-                save(used),
-            );
+            return (Verdict::exceeds_capacity(capacity, capacity - used, reset(used)), save(used));
         }
         let wanted = used + usage.tokens;
         if wanted <= capacity {
-            (
-                Verdict::allowed(capacity, capacity - wanted, reset(wanted)),
-                save(wanted),
-            )
+            (Verdict::allowed(capacity, capacity - wanted, reset(wanted)), save(wanted))
         } else {
-            (
-                Verdict::rate_limited(capacity, capacity - used, until_next, reset(used)),
-                save(used),
-            )
+            (Verdict::rate_limited(capacity, capacity - used, until_next, reset(used)), save(used))
         }
     }
 }

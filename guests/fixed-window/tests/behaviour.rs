@@ -6,10 +6,7 @@ use leaky_policy_sdk::testing::{Driver, max_in_any_interval, params};
 use proptest::prelude::*;
 
 fn window(capacity: u64, seconds: u64) -> Driver<FixedWindow> {
-    Driver::new(&[
-        ("capacity", &capacity.to_string()),
-        ("window_seconds", &seconds.to_string()),
-    ])
+    Driver::new(&[("capacity", &capacity.to_string()), ("window_seconds", &seconds.to_string())])
 }
 
 #[test]
@@ -20,10 +17,7 @@ fn at_most_capacity_per_epoch_aligned_window() {
     assert_eq!(start % 60_000, 0);
     assert!(w.at(start + 30_000, 100).is_allowed());
     let v = w.at(start + 30_000, 1);
-    assert_eq!(
-        (v.outcome, v.retry_after_ms, v.reset_after_ms),
-        (Outcome::RateLimited, 30_000, 30_000)
-    );
+    assert_eq!((v.outcome, v.retry_after_ms, v.reset_after_ms), (Outcome::RateLimited, 30_000, 30_000));
     assert_eq!(w.at(start + 59_999, 1).outcome, Outcome::RateLimited);
     let v = w.at(start + 60_000, 100);
     assert_eq!((v.outcome, v.remaining), (Outcome::Allowed, 0));
@@ -39,18 +33,9 @@ fn bad_parameters_are_refused_naming_the_parameter() {
     for (pairs, name) in [
         (vec![("window_seconds", "1")], "capacity"),
         (vec![("capacity", "10")], "window_seconds"),
-        (
-            vec![("capacity", "10"), ("window_seconds", "0")],
-            "window_seconds",
-        ),
-        (
-            vec![("capacity", "10"), ("window_seconds", "1.5")],
-            "window_seconds",
-        ),
-        (
-            vec![("capacity", "NaN"), ("window_seconds", "1")],
-            "capacity",
-        ),
+        (vec![("capacity", "10"), ("window_seconds", "0")], "window_seconds"),
+        (vec![("capacity", "10"), ("window_seconds", "1.5")], "window_seconds"),
+        (vec![("capacity", "NaN"), ("window_seconds", "1")], "capacity"),
     ] {
         let err = FixedWindow::configure(params(&pairs)).expect_err("must refuse");
         assert!(err.contains(&format!("`{name}`")), "{pairs:?}: {err}");

@@ -15,9 +15,7 @@ use leaky_policy_sdk::MICRO;
 use leaky_policy_sdk::codec::{decode_u64s, encode_u64s};
 use leaky_policy_sdk::params::Params;
 use leaky_policy_sdk::rate::{Guest, Usage, Verdict};
-use leaky_policy_sdk::units::{
-    MAX_CAPACITY, MAX_RATE_PER_SECOND, ceil_div, micro_per_ms, ms, whole_tokens,
-};
+use leaky_policy_sdk::units::{MAX_CAPACITY, MAX_RATE_PER_SECOND, ceil_div, micro_per_ms, ms, whole_tokens};
 
 /// The leaky-bucket strategy.
 pub struct LeakyBucket;
@@ -68,27 +66,15 @@ impl Guest for LeakyBucket {
         let save = |level: u128| encode_u64s([u64::try_from(level).unwrap_or(u64::MAX), at]);
 
         if usage.tokens > config.capacity {
-            let verdict = Verdict::exceeds_capacity(
-                config.capacity,
-                whole_tokens(full - level),
-                reset(level),
-            );
+            let verdict = Verdict::exceeds_capacity(config.capacity, whole_tokens(full - level), reset(level));
             return (verdict, save(level));
         }
         let wanted = level + u128::from(usage.tokens) * u128::from(MICRO);
         if wanted <= full {
-            (
-                Verdict::allowed(config.capacity, whole_tokens(full - wanted), reset(wanted)),
-                save(wanted),
-            )
+            (Verdict::allowed(config.capacity, whole_tokens(full - wanted), reset(wanted)), save(wanted))
         } else {
             let wait = ms(ceil_div(wanted - full, leak));
-            let verdict = Verdict::rate_limited(
-                config.capacity,
-                whole_tokens(full - level),
-                wait,
-                reset(level),
-            );
+            let verdict = Verdict::rate_limited(config.capacity, whole_tokens(full - level), wait, reset(level));
             (verdict, save(level))
         }
     }

@@ -6,26 +6,17 @@ use leaky_policy_sdk::testing::{Driver, bucket_bound_violation, params};
 use proptest::prelude::*;
 
 fn bucket(capacity: u64, rate: &str) -> Driver<LeakyBucket> {
-    Driver::new(&[
-        ("capacity", &capacity.to_string()),
-        ("leak_rate_per_second", rate),
-    ])
+    Driver::new(&[("capacity", &capacity.to_string()), ("leak_rate_per_second", rate)])
 }
 
 #[test]
 fn fills_by_admitted_tokens_and_refuses_overflow_with_the_exact_wait() {
     let mut b = bucket(100, "10");
     let v = b.at(0, 80);
-    assert_eq!(
-        (v.outcome, v.remaining, v.reset_after_ms),
-        (Outcome::Allowed, 20, 8_000)
-    );
+    assert_eq!((v.outcome, v.remaining, v.reset_after_ms), (Outcome::Allowed, 20, 8_000));
     // 80 + 30 = 110 > 100: 10 tokens must leak first, which takes 1 s at 10/s.
     let v = b.at(0, 30);
-    assert_eq!(
-        (v.outcome, v.retry_after_ms, v.remaining),
-        (Outcome::RateLimited, 1_000, 20)
-    );
+    assert_eq!((v.outcome, v.retry_after_ms, v.remaining), (Outcome::RateLimited, 1_000, 20));
     // One millisecond early is still too early; exactly on time fits.
     assert_eq!(b.at(999, 30).outcome, Outcome::RateLimited);
     let v = b.at(1_000, 30);
@@ -45,10 +36,7 @@ fn drains_continuously_with_fractional_rates() {
 fn a_request_larger_than_capacity_is_refused_for_good() {
     let mut b = bucket(100, "10");
     let v = b.at(0, 101);
-    assert_eq!(
-        (v.outcome, v.retry_after_ms, v.remaining),
-        (Outcome::ExceedsCapacity, 0, 100)
-    );
+    assert_eq!((v.outcome, v.retry_after_ms, v.remaining), (Outcome::ExceedsCapacity, 0, 100));
     assert!(b.at(0, 100).is_allowed(), "the refusal spent nothing");
 }
 
@@ -65,30 +53,11 @@ fn bad_parameters_are_refused_naming_the_parameter() {
     for (pairs, name) in [
         (vec![("leak_rate_per_second", "1")], "capacity"),
         (vec![("capacity", "10")], "leak_rate_per_second"),
-        (
-            vec![("capacity", "-1"), ("leak_rate_per_second", "1")],
-            "capacity",
-        ),
-        (
-            vec![("capacity", "10"), ("leak_rate_per_second", "NaN")],
-            "leak_rate_per_second",
-        ),
-        (
-            vec![("capacity", "10"), ("leak_rate_per_second", "0")],
-            "leak_rate_per_second",
-        ),
-        (
-            vec![("capacity", "10"), ("leak_rate_per_second", "-2")],
-            "leak_rate_per_second",
-        ),
-        (
-            vec![
-                ("capacity", "10"),
-                ("leak_rate_per_second", "1"),
-                ("burst", "3"),
-            ],
-            "burst",
-        ),
+        (vec![("capacity", "-1"), ("leak_rate_per_second", "1")], "capacity"),
+        (vec![("capacity", "10"), ("leak_rate_per_second", "NaN")], "leak_rate_per_second"),
+        (vec![("capacity", "10"), ("leak_rate_per_second", "0")], "leak_rate_per_second"),
+        (vec![("capacity", "10"), ("leak_rate_per_second", "-2")], "leak_rate_per_second"),
+        (vec![("capacity", "10"), ("leak_rate_per_second", "1"), ("burst", "3")], "burst"),
     ] {
         let err = LeakyBucket::configure(params(&pairs)).expect_err("must refuse");
         assert!(err.contains(&format!("`{name}`")), "{pairs:?}: {err}");

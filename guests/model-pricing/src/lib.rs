@@ -58,10 +58,7 @@ fn to_micro(value: f64) -> u64 {
 
 impl Rules {
     fn from_params(params: &Params) -> Result<Self, String> {
-        params.reject_unknown(
-            &["default_multiplier", "allow", "deny", "require_model"],
-            &["model."],
-        )?;
+        params.reject_unknown(&["default_multiplier", "allow", "deny", "require_model"], &["model."])?;
         let default = params.non_negative_f64_or("default_multiplier", 1.0, MAX_MULTIPLIER)?;
         let mut prices = Vec::new();
         for (pattern, raw) in params.with_prefix("model.") {
@@ -81,20 +78,9 @@ impl Rules {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let list = |w: Writer, items: &[String]| {
-            items
-                .iter()
-                .fold(w.u64(items.len() as u64), |w, s| w.str(s))
-        };
-        let mut w = Writer::new()
-            .u64(self.default_price)
-            .u64(u64::from(self.require_model));
-        w = self
-            .prices
-            .iter()
-            .fold(w.u64(self.prices.len() as u64), |w, (p, v)| {
-                w.str(p).u64(*v)
-            });
+        let list = |w: Writer, items: &[String]| items.iter().fold(w.u64(items.len() as u64), |w, s| w.str(s));
+        let mut w = Writer::new().u64(self.default_price).u64(u64::from(self.require_model));
+        w = self.prices.iter().fold(w.u64(self.prices.len() as u64), |w, (p, v)| w.str(p).u64(*v));
         w = list(w, &self.allow);
         list(w, &self.deny).finish()
     }
@@ -103,18 +89,10 @@ impl Rules {
         let mut r = Reader::new(blob);
         let default_price = r.u64()?;
         let require_model = r.u64()? == 1;
-        let prices = (0..r.u64()?)
-            .map(|_| Some((r.str()?, r.u64()?)))
-            .collect::<Option<Vec<_>>>()?;
+        let prices = (0..r.u64()?).map(|_| Some((r.str()?, r.u64()?))).collect::<Option<Vec<_>>>()?;
         let allow = (0..r.u64()?).map(|_| r.str()).collect::<Option<Vec<_>>>()?;
         let deny = (0..r.u64()?).map(|_| r.str()).collect::<Option<Vec<_>>>()?;
-        r.is_empty().then_some(Self {
-            default_price,
-            prices,
-            allow,
-            deny,
-            require_model,
-        })
+        r.is_empty().then_some(Self { default_price, prices, allow, deny, require_model })
     }
 
     fn price_of(&self, model: Option<&str>) -> u64 {
@@ -155,9 +133,7 @@ impl Guest for ModelPricing {
     fn price(config: Vec<u8>, usage: Usage) -> Charge {
         match Rules::decode(&config) {
             Some(rules) => rules.charge(&usage),
-            None => {
-                Charge::Deny("the rule's configuration is corrupt; reconfigure the binding".into())
-            }
+            None => Charge::Deny("the rule's configuration is corrupt; reconfigure the binding".into()),
         }
     }
 }

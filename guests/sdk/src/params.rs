@@ -19,34 +19,21 @@ impl Params {
 
     /// The raw value of `name`, if given. The last occurrence wins.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.trim())
+        self.pairs.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.trim())
     }
 
     /// All pairs whose name starts with `prefix`, with the prefix removed from the name.
-    pub fn with_prefix<'a>(
-        &'a self,
-        prefix: &'a str,
-    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        self.pairs
-            .iter()
-            .filter_map(move |(k, v)| k.strip_prefix(prefix).map(|rest| (rest, v.trim())))
+    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.pairs.iter().filter_map(move |(k, v)| k.strip_prefix(prefix).map(|rest| (rest, v.trim())))
     }
 
     /// Refuses any parameter that is neither in `known` nor starts with one of `prefixes`:
     /// a misspelt name is an error, never a silently ignored setting.
     pub fn reject_unknown(&self, known: &[&str], prefixes: &[&str]) -> Result<(), String> {
         for (name, _) in &self.pairs {
-            let expected =
-                known.contains(&name.as_str()) || prefixes.iter().any(|p| name.starts_with(p));
+            let expected = known.contains(&name.as_str()) || prefixes.iter().any(|p| name.starts_with(p));
             if !expected {
-                return Err(format!(
-                    "unknown parameter `{name}` (expected one of: {})",
-                    known.join(", ")
-                ));
+                return Err(format!("unknown parameter `{name}` (expected one of: {})", known.join(", ")));
             }
         }
         Ok(())
@@ -57,14 +44,10 @@ impl Params {
         let raw = self.get(name).ok_or_else(|| missing(name))?;
         let value = parse_number(name, raw)?;
         if value != (value as u64) as f64 {
-            return Err(format!(
-                "parameter `{name}` must be a whole number, got `{raw}`"
-            ));
+            return Err(format!("parameter `{name}` must be a whole number, got `{raw}`"));
         }
         if value < 1.0 || value > max as f64 {
-            return Err(format!(
-                "parameter `{name}` must be between 1 and {max}, got `{raw}`"
-            ));
+            return Err(format!("parameter `{name}` must be between 1 and {max}, got `{raw}`"));
         }
         Ok(value as u64)
     }
@@ -74,9 +57,7 @@ impl Params {
         let raw = self.get(name).ok_or_else(|| missing(name))?;
         let value = parse_number(name, raw)?;
         if value <= 0.0 || value > max {
-            return Err(format!(
-                "parameter `{name}` must be greater than 0 and at most {max}, got `{raw}`"
-            ));
+            return Err(format!("parameter `{name}` must be greater than 0 and at most {max}, got `{raw}`"));
         }
         Ok(value)
     }
@@ -95,22 +76,14 @@ impl Params {
             None => Ok(default),
             Some("true") => Ok(true),
             Some("false") => Ok(false),
-            Some(raw) => Err(format!(
-                "parameter `{name}` must be `true` or `false`, got `{raw}`"
-            )),
+            Some(raw) => Err(format!("parameter `{name}` must be `true` or `false`, got `{raw}`")),
         }
     }
 
     /// A comma-separated list; empty items are dropped.
     pub fn list(&self, name: &str) -> Vec<String> {
         self.get(name)
-            .map(|raw| {
-                raw.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(ToString::to_string)
-                    .collect()
-            })
+            .map(|raw| raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(ToString::to_string).collect())
             .unwrap_or_default()
     }
 }
@@ -119,21 +92,15 @@ impl Params {
 pub fn non_negative(name: &str, raw: &str, max: f64) -> Result<f64, String> {
     let value = parse_number(name, raw)?;
     if value < 0.0 || value > max {
-        return Err(format!(
-            "parameter `{name}` must be between 0 and {max}, got `{raw}`"
-        ));
+        return Err(format!("parameter `{name}` must be between 0 and {max}, got `{raw}`"));
     }
     Ok(value)
 }
 
 fn parse_number(name: &str, raw: &str) -> Result<f64, String> {
-    let value: f64 = raw
-        .parse()
-        .map_err(|_| format!("parameter `{name}` must be a number, got `{raw}`"))?;
+    let value: f64 = raw.parse().map_err(|_| format!("parameter `{name}` must be a number, got `{raw}`"))?;
     if !value.is_finite() {
-        return Err(format!(
-            "parameter `{name}` must be a finite number, got `{raw}`"
-        ));
+        return Err(format!("parameter `{name}` must be a finite number, got `{raw}`"));
     }
     Ok(value)
 }
@@ -147,12 +114,7 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Params {
-        Params::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Params::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
     #[test]
@@ -160,22 +122,10 @@ mod tests {
         let p = params(&[("rate", "NaN"), ("cap", "-3"), ("w", "1.5")]);
         assert!(p.positive_f64("rate", 1e9).unwrap_err().contains("`rate`"));
         assert!(p.positive_u64("cap", 10).unwrap_err().contains("`cap`"));
-        assert!(
-            p.positive_u64("w", 10)
-                .unwrap_err()
-                .contains("whole number")
-        );
-        assert!(
-            p.positive_u64("absent", 10)
-                .unwrap_err()
-                .contains("missing parameter `absent`")
-        );
+        assert!(p.positive_u64("w", 10).unwrap_err().contains("whole number"));
+        assert!(p.positive_u64("absent", 10).unwrap_err().contains("missing parameter `absent`"));
         assert!(params(&[("rate", "0")]).positive_f64("rate", 1e9).is_err());
-        assert!(
-            params(&[("rate", "inf")])
-                .positive_f64("rate", 1e9)
-                .is_err()
-        );
+        assert!(params(&[("rate", "inf")]).positive_f64("rate", 1e9).is_err());
     }
 
     #[test]
@@ -183,10 +133,6 @@ mod tests {
         let p = params(&[("capacity", "1"), ("capactiy", "2"), ("model.gpt", "2")]);
         let err = p.reject_unknown(&["capacity"], &["model."]).unwrap_err();
         assert!(err.contains("`capactiy`"), "{err}");
-        assert!(
-            params(&[("model.x", "1")])
-                .reject_unknown(&[], &["model."])
-                .is_ok()
-        );
+        assert!(params(&[("model.x", "1")]).reject_unknown(&[], &["model."]).is_ok());
     }
 }

@@ -30,40 +30,17 @@ macro_rules! export_rate_limiter {
 impl Verdict {
     /// An admitted request.
     pub fn allowed(limit: u64, remaining: u64, reset_after_ms: u64) -> Self {
-        Self {
-            outcome: Outcome::Allowed,
-            limit,
-            remaining,
-            retry_after_ms: 0,
-            reset_after_ms,
-        }
+        Self { outcome: Outcome::Allowed, limit, remaining, retry_after_ms: 0, reset_after_ms }
     }
 
     /// A request that fits after `retry_after_ms`.
-    pub fn rate_limited(
-        limit: u64,
-        remaining: u64,
-        retry_after_ms: u64,
-        reset_after_ms: u64,
-    ) -> Self {
-        Self {
-            outcome: Outcome::RateLimited,
-            limit,
-            remaining,
-            retry_after_ms,
-            reset_after_ms,
-        }
+    pub fn rate_limited(limit: u64, remaining: u64, retry_after_ms: u64, reset_after_ms: u64) -> Self {
+        Self { outcome: Outcome::RateLimited, limit, remaining, retry_after_ms, reset_after_ms }
     }
 
     /// A request larger than `limit`: it can never be admitted.
     pub fn exceeds_capacity(limit: u64, remaining: u64, reset_after_ms: u64) -> Self {
-        Self {
-            outcome: Outcome::ExceedsCapacity,
-            limit,
-            remaining,
-            retry_after_ms: 0,
-            reset_after_ms,
-        }
+        Self { outcome: Outcome::ExceedsCapacity, limit, remaining, retry_after_ms: 0, reset_after_ms }
     }
 
     /// Whether the request was admitted.

@@ -20,12 +20,7 @@ fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
 /// # Safety
 /// Called only by the component runtime, with the canonical ABI's contract for `realloc`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cabi_realloc(
-    old: *mut u8,
-    old_len: usize,
-    align: usize,
-    new_len: usize,
-) -> *mut u8 {
+pub unsafe extern "C" fn cabi_realloc(old: *mut u8, old_len: usize, align: usize, new_len: usize) -> *mut u8 {
     use alloc::alloc::{Layout, alloc, realloc};
     if new_len == 0 {
         // A zero-sized allocation needs no memory, only a well-aligned pointer.
@@ -37,11 +32,7 @@ pub unsafe extern "C" fn cabi_realloc(
         if old_len == 0 {
             alloc(Layout::from_size_align_unchecked(new_len, align))
         } else {
-            realloc(
-                old,
-                Layout::from_size_align_unchecked(old_len, align),
-                new_len,
-            )
+            realloc(old, Layout::from_size_align_unchecked(old_len, align), new_len)
         }
     };
     if ptr.is_null() {

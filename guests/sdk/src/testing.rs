@@ -18,21 +18,12 @@ pub struct Driver<G> {
 
 /// Turns `&str` pairs into the parameter list `configure` takes.
 pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// A request of `tokens` at `now_ms` by a fixed subject.
 pub fn usage(now_ms: u64, tokens: u64) -> Usage {
-    Usage {
-        subject: "user-1".into(),
-        provider: "openai".into(),
-        model: None,
-        tokens,
-        now_ms,
-    }
+    Usage { subject: "user-1".into(), provider: "openai".into(), model: None, tokens, now_ms }
 }
 
 impl<G: Guest> Driver<G> {
@@ -42,21 +33,12 @@ impl<G: Guest> Driver<G> {
             Ok(config) => config,
             Err(message) => panic!("configure refused {pairs:?}: {message}"),
         };
-        Self {
-            config,
-            state: None,
-            admitted: Vec::new(),
-            strategy: PhantomData,
-        }
+        Self { config, state: None, admitted: Vec::new(), strategy: PhantomData }
     }
 
     /// Decides a request at `now_ms`, committing the state when it is admitted.
     pub fn at(&mut self, now_ms: u64, tokens: u64) -> Verdict {
-        let (verdict, next) = G::decide(
-            self.config.clone(),
-            self.state.clone(),
-            usage(now_ms, tokens),
-        );
+        let (verdict, next) = G::decide(self.config.clone(), self.state.clone(), usage(now_ms, tokens));
         if verdict.is_allowed() {
             self.state = Some(next);
             self.admitted.push((now_ms, tokens));
@@ -70,11 +52,7 @@ pub fn max_in_any_interval(admitted: &[(u64, u64)], span_ms: u64) -> u64 {
     (0..admitted.len())
         .map(|i| {
             let start = admitted[i].0;
-            admitted[i..]
-                .iter()
-                .take_while(|(t, _)| *t <= start + span_ms)
-                .map(|(_, n)| n)
-                .sum()
+            admitted[i..].iter().take_while(|(t, _)| *t <= start + span_ms).map(|(_, n)| n).sum()
         })
         .max()
         .unwrap_or(0)
@@ -82,11 +60,7 @@ pub fn max_in_any_interval(admitted: &[(u64, u64)], span_ms: u64) -> u64 {
 
 /// Checks the bucket bound: within any interval of `t` ms at most `capacity + rate * t`
 /// tokens, with `rate` in micro-tokens per millisecond. Returns the first violation.
-pub fn bucket_bound_violation(
-    admitted: &[(u64, u64)],
-    capacity: u64,
-    micro_per_ms: u64,
-) -> Option<(usize, usize)> {
+pub fn bucket_bound_violation(admitted: &[(u64, u64)], capacity: u64, micro_per_ms: u64) -> Option<(usize, usize)> {
     for i in 0..admitted.len() {
         let mut sum: u128 = 0;
         for (j, &(t, n)) in admitted.iter().enumerate().skip(i) {

@@ -19,9 +19,7 @@ pub const MAX_RATE_PER_SECOND: f64 = 1e12;
 pub fn micro_per_ms(name: &str, per_second: f64) -> Result<u64, String> {
     let scaled = round(per_second * 1000.0);
     if scaled < 1 {
-        return Err(format!(
-            "parameter `{name}` must be at least 0.001 tokens per second, got `{per_second}`"
-        ));
+        return Err(format!("parameter `{name}` must be at least 0.001 tokens per second, got `{per_second}`"));
     }
     Ok(scaled)
 }

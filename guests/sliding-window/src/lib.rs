@@ -45,30 +45,16 @@ impl Window {
         let elapsed = u128::from(now % window_ms);
         match state {
             // A clock that went backwards keeps counting in the newest window seen.
-            Some([seen, current, previous]) if seen > index => Self {
-                index: seen,
-                elapsed: 0,
-                current: current.into(),
-                previous: previous.into(),
-            },
-            Some([seen, current, previous]) if seen == index => Self {
-                index,
-                elapsed,
-                current: current.into(),
-                previous: previous.into(),
-            },
-            Some([seen, current, _]) if seen + 1 == index => Self {
-                index,
-                elapsed,
-                current: 0,
-                previous: current.into(),
-            },
-            _ => Self {
-                index,
-                elapsed,
-                current: 0,
-                previous: 0,
-            },
+            Some([seen, current, previous]) if seen > index => {
+                Self { index: seen, elapsed: 0, current: current.into(), previous: previous.into() }
+            }
+            Some([seen, current, previous]) if seen == index => {
+                Self { index, elapsed, current: current.into(), previous: previous.into() }
+            }
+            Some([seen, current, _]) if seen + 1 == index => {
+                Self { index, elapsed, current: 0, previous: current.into() }
+            }
+            _ => Self { index, elapsed, current: 0, previous: 0 },
         }
     }
 
@@ -97,21 +83,11 @@ impl Guest for SlidingWindow {
     }
 
     fn decide(config: Vec<u8>, state: Option<Vec<u8>>, usage: Usage) -> (Verdict, Vec<u8>) {
-        let Some([capacity, window_ms]) =
-            decode_u64s::<2>(&config).filter(|[c, w]| *c > 0 && *w > 0)
-        else {
+        let Some([capacity, window_ms]) = decode_u64s::<2>(&config).filter(|[c, w]| *c > 0 && *w > 0) else {
             return (Verdict::exceeds_capacity(0, 0, 0), Vec::new());
         };
-        let mut win = Window::at(
-            usage.now_ms,
-            window_ms,
-            state.as_deref().and_then(decode_u64s),
-        );
-        let (cap, w, n) = (
-            u128::from(capacity),
-            u128::from(window_ms),
-            u128::from(usage.tokens),
-        );
+        let mut win = Window::at(usage.now_ms, window_ms, state.as_deref().and_then(decode_u64s));
+        let (cap, w, n) = (u128::from(capacity), u128::from(window_ms), u128::from(usage.tokens));
         let remaining = |win: &Window| ms((cap * w).saturating_sub(win.scaled_estimate(w)) / w);
         let reset = |win: &Window| match (win.current, win.previous) {
             (0, 0) => 0,
@@ -120,36 +96,23 @@ impl Guest for SlidingWindow {
         };
 
         if n > cap {
-            return (
-                Verdict::exceeds_capacity(capacity, remaining(&win), reset(&win)),
-                win.encode(),
-            );
+            return (Verdict::exceeds_capacity(capacity, remaining(&win), reset(&win)), win.encode());
         }
         if win.scaled_estimate(w) + n * w <= cap * w {
             win.current += n;
-            return (
-                Verdict::allowed(capacity, remaining(&win), reset(&win)),
-                win.encode(),
-            );
+            return (Verdict::allowed(capacity, remaining(&win), reset(&win)), win.encode());
         }
         let until_next = w - win.elapsed;
         let wait = if win.current + n <= cap {
             // The previous window's weight must decay until the request fits in this window.
             let slack = (cap - win.current - n) * w;
-            until_next
-                - slack
-                    .checked_div(win.previous)
-                    .unwrap_or(until_next)
-                    .min(until_next)
+            until_next - slack.checked_div(win.previous).unwrap_or(until_next).min(until_next)
         } else {
             // Only the next window has room: wait until this window's weight there has decayed.
             let into_next = w - ((cap - n) * w).checked_div(win.current).unwrap_or(w).min(w);
             until_next + into_next
         };
-        (
-            Verdict::rate_limited(capacity, remaining(&win), ms(wait), reset(&win)),
-            win.encode(),
-        )
+        (Verdict::rate_limited(capacity, remaining(&win), ms(wait), reset(&win)), win.encode())
     }
 }
 

@@ -6,10 +6,7 @@ use proptest::prelude::*;
 use sliding_window::SlidingWindow;
 
 fn window(capacity: u64, seconds: u64) -> Driver<SlidingWindow> {
-    Driver::new(&[
-        ("capacity", &capacity.to_string()),
-        ("window_seconds", &seconds.to_string()),
-    ])
+    Driver::new(&[("capacity", &capacity.to_string()), ("window_seconds", &seconds.to_string())])
 }
 
 #[test]
@@ -45,14 +42,8 @@ fn a_request_larger_than_capacity_is_refused_for_good() {
 fn bad_parameters_are_refused_naming_the_parameter() {
     for (pairs, name) in [
         (vec![("window_seconds", "1")], "capacity"),
-        (
-            vec![("capacity", "10"), ("window_seconds", "-5")],
-            "window_seconds",
-        ),
-        (
-            vec![("capacity", "10"), ("window_seconds", "inf")],
-            "window_seconds",
-        ),
+        (vec![("capacity", "10"), ("window_seconds", "-5")], "window_seconds"),
+        (vec![("capacity", "10"), ("window_seconds", "inf")], "window_seconds"),
     ] {
         let err = SlidingWindow::configure(params(&pairs)).expect_err("must refuse");
         assert!(err.contains(&format!("`{name}`")), "{pairs:?}: {err}");

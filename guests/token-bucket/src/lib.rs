@@ -15,9 +15,7 @@ use leaky_policy_sdk::MICRO;
 use leaky_policy_sdk::codec::{decode_u64s, encode_u64s};
 use leaky_policy_sdk::params::Params;
 use leaky_policy_sdk::rate::{Guest, Usage, Verdict};
-use leaky_policy_sdk::units::{
-    MAX_CAPACITY, MAX_RATE_PER_SECOND, ceil_div, micro_per_ms, ms, whole_tokens,
-};
+use leaky_policy_sdk::units::{MAX_CAPACITY, MAX_RATE_PER_SECOND, ceil_div, micro_per_ms, ms, whole_tokens};
 
 /// The token-bucket strategy.
 pub struct TokenBucket;
@@ -56,42 +54,24 @@ impl Guest for TokenBucket {
         let full = u128::from(config.capacity) * u128::from(MICRO);
         let refill = u128::from(config.refill);
         let now = usage.now_ms;
-        let [tokens, last] = state
-            .as_deref()
-            .and_then(decode_u64s)
-            .unwrap_or([u64::MAX, now]);
+        let [tokens, last] = state.as_deref().and_then(decode_u64s).unwrap_or([u64::MAX, now]);
         let elapsed = u128::from(now.saturating_sub(last));
         let at = now.max(last);
-        let available = u128::from(tokens)
-            .saturating_add(elapsed * refill)
-            .min(full);
+        let available = u128::from(tokens).saturating_add(elapsed * refill).min(full);
         let reset = |available: u128| ms(ceil_div(full - available, refill));
-        let save =
-            |available: u128| encode_u64s([u64::try_from(available).unwrap_or(u64::MAX), at]);
+        let save = |available: u128| encode_u64s([u64::try_from(available).unwrap_or(u64::MAX), at]);
 
         if usage.tokens > config.capacity {
-            let verdict = Verdict::exceeds_capacity(
-                config.capacity,
-                whole_tokens(available),
-                reset(available),
-            );
+            let verdict = Verdict::exceeds_capacity(config.capacity, whole_tokens(available), reset(available));
             return (verdict, save(available));
         }
         let wanted = u128::from(usage.tokens) * u128::from(MICRO);
         if wanted <= available {
             let left = available - wanted;
-            (
-                Verdict::allowed(config.capacity, whole_tokens(left), reset(left)),
-                save(left),
-            )
+            (Verdict::allowed(config.capacity, whole_tokens(left), reset(left)), save(left))
         } else {
             let wait = ms(ceil_div(wanted - available, refill));
-            let verdict = Verdict::rate_limited(
-                config.capacity,
-                whole_tokens(available),
-                wait,
-                reset(available),
-            );
+            let verdict = Verdict::rate_limited(config.capacity, whole_tokens(available), wait, reset(available));
             (verdict, save(available))
         }
     }

@@ -6,20 +6,14 @@ use proptest::prelude::*;
 use token_bucket::TokenBucket;
 
 fn bucket(capacity: u64, rate: &str) -> Driver<TokenBucket> {
-    Driver::new(&[
-        ("capacity", &capacity.to_string()),
-        ("refill_rate_per_second", rate),
-    ])
+    Driver::new(&[("capacity", &capacity.to_string()), ("refill_rate_per_second", rate)])
 }
 
 #[test]
 fn starts_full_and_allows_a_burst_up_to_capacity() {
     let mut b = bucket(100, "10");
     let v = b.at(0, 100);
-    assert_eq!(
-        (v.outcome, v.remaining, v.reset_after_ms),
-        (Outcome::Allowed, 0, 10_000)
-    );
+    assert_eq!((v.outcome, v.remaining, v.reset_after_ms), (Outcome::Allowed, 0, 10_000));
     let v = b.at(0, 5);
     assert_eq!((v.outcome, v.retry_after_ms), (Outcome::RateLimited, 500));
     assert_eq!(b.at(499, 5).outcome, Outcome::RateLimited);
@@ -45,23 +39,11 @@ fn a_request_larger_than_capacity_is_refused_for_good() {
 fn bad_parameters_are_refused_naming_the_parameter() {
     for (pairs, name) in [
         (vec![("refill_rate_per_second", "1")], "capacity"),
-        (
-            vec![("capacity", "0"), ("refill_rate_per_second", "1")],
-            "capacity",
-        ),
+        (vec![("capacity", "0"), ("refill_rate_per_second", "1")], "capacity"),
         (vec![("capacity", "10")], "refill_rate_per_second"),
-        (
-            vec![("capacity", "10"), ("refill_rate_per_second", "nan")],
-            "refill_rate_per_second",
-        ),
-        (
-            vec![("capacity", "10"), ("refill_rate_per_second", "0")],
-            "refill_rate_per_second",
-        ),
-        (
-            vec![("capacity", "10"), ("refill_rate_per_second", "0.0000001")],
-            "refill_rate_per_second",
-        ),
+        (vec![("capacity", "10"), ("refill_rate_per_second", "nan")], "refill_rate_per_second"),
+        (vec![("capacity", "10"), ("refill_rate_per_second", "0")], "refill_rate_per_second"),
+        (vec![("capacity", "10"), ("refill_rate_per_second", "0.0000001")], "refill_rate_per_second"),
     ] {
         let err = TokenBucket::configure(params(&pairs)).expect_err("must refuse");
         assert!(err.contains(&format!("`{name}`")), "{pairs:?}: {err}");

@@ -7,6 +7,7 @@
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "leaky:policy/host",
+    additional_derives: [PartialEq],
 });
 
 pub use exports::leaky::policy::quota::{self as quota_api, Charge};

@@ -29,10 +29,7 @@ impl ArtifactCache {
         fs::create_dir_all(dir)?;
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            engine_key: format!("{:016x}", hasher.finish()),
-        })
+        Ok(Self { dir: dir.to_path_buf(), engine_key: format!("{:016x}", hasher.finish()) })
     }
 
     fn path(&self, sha256: &str) -> PathBuf {
@@ -72,11 +69,7 @@ impl ArtifactCache {
         }
     }
 
-    fn try_put(
-        &self,
-        sha256: &str,
-        component: &Component,
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    fn try_put(&self, sha256: &str, component: &Component) -> Result<(), Box<dyn std::error::Error>> {
         let artifact = component.serialize().map_err(|e| e.to_string())?;
         let digest = Sha256::digest(&artifact);
         // Write to a temporary file and rename, so readers never see a partial artifact.

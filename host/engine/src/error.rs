@@ -33,9 +33,7 @@ pub enum LoadError {
         all: Vec<String>,
     },
     /// It exports no policy interface this host knows.
-    #[error(
-        "component exports none of the known policy interfaces ({expected}); it exports: {found}"
-    )]
+    #[error("component exports none of the known policy interfaces ({expected}); it exports: {found}")]
     UnknownWorld {
         /// What the host looked for.
         expected: String,

@@ -4,6 +4,7 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 use wasmtime::Engine;
 use wasmtime::component::Component;
+use wasmtime::component::types::ComponentItem;
 
 use crate::bindings::{QUOTA_INTERFACE, RATE_LIMITER_INTERFACE};
 use crate::error::LoadError;
@@ -44,7 +45,7 @@ pub struct ComponentInfo {
     pub sha256: String,
     /// Size in bytes.
     pub size: usize,
-    /// Names of its imports (always empty for a component that loaded).
+    /// Names of its imports (only type-only interfaces for a component that loaded).
     pub imports: Vec<String>,
     /// Names of its exports.
     pub exports: Vec<String>,
@@ -67,46 +68,57 @@ pub(crate) fn refuse_core_module(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
-/// Import and export names of a compiled component.
-pub(crate) fn interface_names(
-    engine: &Engine,
-    component: &Component,
-) -> (Vec<String>, Vec<String>) {
-    let ty = component.component_type();
-    let imports = ty
-        .imports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
-    let exports = ty
-        .exports(engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
-    (imports, exports)
+/// The imports and exports of a compiled component.
+pub(crate) struct Interfaces {
+    /// Imported instances that carry only type definitions (such as `leaky:policy/types`):
+    /// they grant nothing, and the host satisfies them with empty instances.
+    pub(crate) type_only: Vec<String>,
+    /// Every other import: each would be a capability, and the host grants none.
+    pub(crate) capabilities: Vec<String>,
+    /// Export names.
+    pub(crate) exports: Vec<String>,
 }
 
-/// Refuses any import, naming the first; then finds the world from the exports.
-pub(crate) fn classify(imports: &[String], exports: &[String]) -> Result<PolicyKind, LoadError> {
-    if let Some(first) = imports.first() {
-        return Err(LoadError::ForbiddenImport {
-            name: first.clone(),
-            all: imports.to_vec(),
-        });
+impl Interfaces {
+    pub(crate) fn of(engine: &Engine, component: &Component) -> Self {
+        let ty = component.component_type();
+        let (mut type_only, mut capabilities) = (Vec::new(), Vec::new());
+        for (name, item) in ty.imports(engine) {
+            let only_types = match &item.ty {
+                ComponentItem::ComponentInstance(instance) => {
+                    instance.exports(engine).all(|(_, export)| matches!(export.ty, ComponentItem::Type(_)))
+                }
+                ComponentItem::Type(_) => true,
+                _ => false,
+            };
+            if only_types { &mut type_only } else { &mut capabilities }.push(name.to_string());
+        }
+        let exports = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+        Self { type_only, capabilities, exports }
     }
+
+    /// Every import name, type-only ones first.
+    pub(crate) fn all_imports(&self) -> Vec<String> {
+        self.type_only.iter().chain(&self.capabilities).cloned().collect()
+    }
+}
+
+/// Refuses any capability import, naming the first; then finds the world from the exports.
+pub(crate) fn classify(interfaces: &Interfaces) -> Result<PolicyKind, LoadError> {
+    if let Some(first) = interfaces.capabilities.first() {
+        return Err(LoadError::ForbiddenImport { name: first.clone(), all: interfaces.all_imports() });
+    }
+    let exports = &interfaces.exports;
     let has = |name: &str| exports.iter().any(|e| e == name);
     match (has(RATE_LIMITER_INTERFACE), has(QUOTA_INTERFACE)) {
         (true, false) => Ok(PolicyKind::RateLimiter),
         (false, true) => Ok(PolicyKind::QuotaRule),
-        (true, true) => Err(LoadError::UnknownWorld {
-            expected: "exactly one of them".into(),
-            found: exports.join(", "),
-        }),
+        (true, true) => {
+            Err(LoadError::UnknownWorld { expected: "exactly one of them".into(), found: exports.join(", ") })
+        }
         (false, false) => Err(LoadError::UnknownWorld {
             expected: format!("{RATE_LIMITER_INTERFACE}, {QUOTA_INTERFACE}"),
-            found: if exports.is_empty() {
-                "nothing".into()
-            } else {
-                exports.join(", ")
-            },
+            found: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
         }),
     }
 }

@@ -14,8 +14,7 @@ use crate::error::GuestError;
 use crate::sandbox::{Sandbox, classify};
 
 /// Turns a fresh instance into the typed handle of the interface being called.
-pub(crate) type Loader<G> =
-    Box<dyn Fn(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<G> + Send + Sync>;
+pub(crate) type Loader<G> = Box<dyn Fn(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<G> + Send + Sync>;
 
 /// An instance and the typed exports of the interface it is used for.
 struct Warm<G> {
@@ -33,12 +32,7 @@ pub(crate) struct InstancePool<G> {
 
 impl<G> InstancePool<G> {
     pub(crate) fn new(pre: InstancePre<Sandbox>, load: Loader<G>, config: EngineConfig) -> Self {
-        Self {
-            pre,
-            load,
-            config,
-            idle: Mutex::new(Vec::new()),
-        }
+        Self { pre, load, config, idle: Mutex::new(Vec::new()) }
     }
 
     /// Runs `call` on a warm instance under the call deadline. On success the instance goes back
@@ -90,14 +84,11 @@ impl<G> InstancePool<G> {
     fn instantiate(&self) -> Result<Warm<G>, GuestError> {
         let mut store = Sandbox::store(self.pre.engine(), &self.config);
         store.set_epoch_deadline(self.config.deadline_ticks());
-        let instance = self.pre.instantiate(&mut store).map_err(|err| {
-            match classify(&err, &store, &self.config) {
-                GuestError::Trap(reason) => GuestError::Instantiate(reason),
-                other => other,
-            }
+        let instance = self.pre.instantiate(&mut store).map_err(|err| match classify(&err, &store, &self.config) {
+            GuestError::Trap(reason) => GuestError::Instantiate(reason),
+            other => other,
         })?;
-        let guest = (self.load)(&mut store, &instance)
-            .map_err(|err| GuestError::Instantiate(format!("{err:#}")))?;
+        let guest = (self.load)(&mut store, &instance).map_err(|err| GuestError::Instantiate(format!("{err:#}")))?;
         Ok(Warm { store, guest })
     }
 }

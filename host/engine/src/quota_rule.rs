@@ -29,9 +29,7 @@ pub struct QuotaRuleConfig {
 
 impl QuotaRule {
     pub(crate) fn new(info: ComponentInfo, pool: InstancePool<quota_api::Guest>) -> Self {
-        Self {
-            inner: Arc::new(Inner { info, pool }),
-        }
+        Self { inner: Arc::new(Inner { info, pool }) }
     }
 
     /// Facts about the component.
@@ -41,20 +39,14 @@ impl QuotaRule {
 
     /// Validates parameters; [`GuestError::BadParams`] names the offending one.
     pub fn configure(&self, params: &[(String, String)]) -> Result<QuotaRuleConfig, GuestError> {
-        let answer = self
-            .inner
-            .pool
-            .call(|store, guest| guest.call_configure(store, &params.to_vec()))?;
+        let answer = self.inner.pool.call(|store, guest| guest.call_configure(store, &params.to_vec()))?;
         let blob = answer.map_err(GuestError::BadParams)?;
         Ok(QuotaRuleConfig { blob: blob.into() })
     }
 
     /// What one request costs, or why it may not run. The answer is checked.
     pub fn price(&self, config: &QuotaRuleConfig, usage: &Usage) -> Result<Charge, GuestError> {
-        let charge = self
-            .inner
-            .pool
-            .call(|store, guest| guest.call_price(store, &config.blob, usage))?;
+        let charge = self.inner.pool.call(|store, guest| guest.call_price(store, &config.blob, usage))?;
         if let Charge::Deny(reason) = &charge
             && (reason.is_empty() || reason.len() > MAX_DENY_BYTES)
         {

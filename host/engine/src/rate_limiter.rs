@@ -39,26 +39,14 @@ pub struct Decision {
 
 impl RateLimiter {
     /// Wraps a loaded component; asks for its strategy name once, as a smoke test.
-    pub(crate) fn new(
-        info: ComponentInfo,
-        pool: InstancePool<rate_api::Guest>,
-    ) -> Result<Self, LoadError> {
+    pub(crate) fn new(info: ComponentInfo, pool: InstancePool<rate_api::Guest>) -> Result<Self, LoadError> {
         let strategy = pool
             .call(|store, guest| guest.call_strategy(store))
             .map_err(|e| LoadError::Invalid(format!("`strategy` failed: {e}")))?;
         if strategy.is_empty() || strategy.len() > 64 {
-            return Err(LoadError::Invalid(format!(
-                "`strategy` must be 1-64 bytes, got {:?}",
-                strategy
-            )));
+            return Err(LoadError::Invalid(format!("`strategy` must be 1-64 bytes, got {:?}", strategy)));
         }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                info,
-                strategy,
-                pool,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { info, strategy, pool }) })
     }
 
     /// Facts about the component.
@@ -78,10 +66,7 @@ impl RateLimiter {
 
     /// Validates parameters; [`GuestError::BadParams`] names the offending one.
     pub fn configure(&self, params: &[(String, String)]) -> Result<RateLimiterConfig, GuestError> {
-        let answer = self
-            .inner
-            .pool
-            .call(|store, guest| guest.call_configure(store, &params.to_vec()))?;
+        let answer = self.inner.pool.call(|store, guest| guest.call_configure(store, &params.to_vec()))?;
         let blob = answer.map_err(GuestError::BadParams)?;
         Ok(RateLimiterConfig { blob: blob.into() })
     }
@@ -93,17 +78,12 @@ impl RateLimiter {
         state: Option<&[u8]>,
         usage: &Usage,
     ) -> Result<Decision, GuestError> {
-        let (verdict, state) = self
-            .inner
-            .pool
-            .call(|store, guest| guest.call_decide(store, &config.blob, state, usage))?;
+        let (verdict, state) =
+            self.inner.pool.call(|store, guest| guest.call_decide(store, &config.blob, state, usage))?;
         check_verdict(&verdict, usage.tokens)?;
         let max_state = self.inner.pool.config().max_state_bytes;
         if state.len() > max_state {
-            return Err(GuestError::InvalidAnswer(format!(
-                "state of {} bytes exceeds {max_state}",
-                state.len()
-            )));
+            return Err(GuestError::InvalidAnswer(format!("state of {} bytes exceeds {max_state}", state.len())));
         }
         Ok(Decision { verdict, state })
     }
@@ -113,34 +93,21 @@ impl RateLimiter {
 fn check_verdict(v: &Verdict, tokens: u64) -> Result<(), GuestError> {
     let bad = |why: String| Err(GuestError::InvalidAnswer(why));
     if v.remaining > v.limit {
-        return bad(format!(
-            "remaining {} exceeds limit {}",
-            v.remaining, v.limit
-        ));
+        return bad(format!("remaining {} exceeds limit {}", v.remaining, v.limit));
     }
     if v.retry_after_ms > MAX_WAIT_MS || v.reset_after_ms > MAX_WAIT_MS {
-        return bad(format!(
-            "waits of {} / {} ms are beyond any window",
-            v.retry_after_ms, v.reset_after_ms
-        ));
+        return bad(format!("waits of {} / {} ms are beyond any window", v.retry_after_ms, v.reset_after_ms));
     }
     match v.outcome {
-        Outcome::Allowed if tokens > v.limit => bad(format!(
-            "allowed {tokens} tokens past its limit {}",
-            v.limit
-        )),
+        Outcome::Allowed if tokens > v.limit => bad(format!("allowed {tokens} tokens past its limit {}", v.limit)),
         Outcome::Allowed if v.retry_after_ms != 0 => bad("allowed with a retry-after".into()),
-        Outcome::RateLimited if tokens > v.limit => bad(format!(
-            "rate-limited {tokens} tokens that can never fit its limit {}",
-            v.limit
-        )),
-        Outcome::RateLimited if v.retry_after_ms == 0 => {
-            bad("rate-limited without a retry-after".into())
+        Outcome::RateLimited if tokens > v.limit => {
+            bad(format!("rate-limited {tokens} tokens that can never fit its limit {}", v.limit))
         }
-        Outcome::ExceedsCapacity if tokens <= v.limit => bad(format!(
-            "claims {tokens} tokens exceed its limit {}",
-            v.limit
-        )),
+        Outcome::RateLimited if v.retry_after_ms == 0 => bad("rate-limited without a retry-after".into()),
+        Outcome::ExceedsCapacity if tokens <= v.limit => {
+            bad(format!("claims {tokens} tokens exceed its limit {}", v.limit))
+        }
         _ => Ok(()),
     }
 }
@@ -150,13 +117,7 @@ mod tests {
     use super::*;
 
     fn verdict(outcome: Outcome, limit: u64, remaining: u64, retry: u64) -> Verdict {
-        Verdict {
-            outcome,
-            limit,
-            remaining,
-            retry_after_ms: retry,
-            reset_after_ms: 0,
-        }
+        Verdict { outcome, limit, remaining, retry_after_ms: retry, reset_after_ms: 0 }
     }
 
     #[test]
@@ -177,10 +138,7 @@ mod tests {
             (verdict(Outcome::ExceedsCapacity, 10, 0, 0), 10),
             (verdict(Outcome::RateLimited, 10, 0, u64::MAX), 1),
         ] {
-            assert!(
-                matches!(check_verdict(&v, tokens), Err(GuestError::InvalidAnswer(_))),
-                "{v:?} for {tokens}"
-            );
+            assert!(matches!(check_verdict(&v, tokens), Err(GuestError::InvalidAnswer(_))), "{v:?} for {tokens}");
         }
     }
 }

@@ -22,12 +22,7 @@ struct MemoryCap {
 const MAX_TABLE_ELEMENTS: usize = 10_000;
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.exceeded = true;
             return Ok(false);
@@ -35,12 +30,7 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
@@ -48,12 +38,7 @@ impl ResourceLimiter for MemoryCap {
 impl Sandbox {
     /// A store for one instance, with its memory cap installed.
     pub(crate) fn store(engine: &wasmtime::Engine, config: &EngineConfig) -> Store<Sandbox> {
-        let sandbox = Sandbox {
-            memory: MemoryCap {
-                max_bytes: config.max_memory_bytes,
-                exceeded: false,
-            },
-        };
+        let sandbox = Sandbox { memory: MemoryCap { max_bytes: config.max_memory_bytes, exceeded: false } };
         let mut store = Store::new(engine, sandbox);
         store.limiter(|s| &mut s.memory);
         store
@@ -62,15 +47,9 @@ impl Sandbox {
 
 /// Classifies a failed call. A memory cap hit wins: the guest usually traps right after the
 /// refused growth, and the trap itself would hide why.
-pub(crate) fn classify(
-    err: &wasmtime::Error,
-    store: &Store<Sandbox>,
-    config: &EngineConfig,
-) -> GuestError {
+pub(crate) fn classify(err: &wasmtime::Error, store: &Store<Sandbox>, config: &EngineConfig) -> GuestError {
     if store.data().memory.exceeded {
-        return GuestError::MemoryLimit {
-            limit: config.max_memory_bytes,
-        };
+        return GuestError::MemoryLimit { limit: config.max_memory_bytes };
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => GuestError::Timeout(config.call_timeout),

@@ -1,0 +1,42 @@
+//! Shared helpers of the engine's integration tests: where the built components are.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use leaky_engine::{EngineConfig, PolicyEngine, Usage};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(path: PathBuf) -> Vec<u8> {
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("cannot read {}: {e}. Build the components first: `cargo xtask guests`", path.display())
+    })
+}
+
+/// A built policy component from `policies/`.
+pub fn policy(name: &str) -> Vec<u8> {
+    read(workspace().join("policies").join(format!("{name}.wasm")))
+}
+
+/// A built hostile fixture from `guests/fixtures/wasm/`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    read(workspace().join("guests/fixtures/wasm").join(format!("{name}.wasm")))
+}
+
+/// An engine with default limits and no compile cache.
+pub fn engine() -> PolicyEngine {
+    PolicyEngine::new(EngineConfig::default()).expect("engine starts")
+}
+
+/// Owned parameter pairs.
+pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// A request of `tokens` at `now_ms`.
+pub fn usage(now_ms: u64, tokens: u64) -> Usage {
+    Usage { subject: "user-1".into(), provider: "openai".into(), model: None, tokens, now_ms }
+}
