@@ -2,6 +2,8 @@
 //!
 //! - `cargo xtask guests`: add the `wasm32-wasip2` target when missing and build every policy
 //!   component, size-optimised, into `policies/` (hostile fixtures into `guests/fixtures/wasm/`).
+//! - `cargo xtask run [-- ARGS]`: build the guests, then run `leaky ARGS` (by default: check
+//!   every policy in `policies/` and replay the example trace through the leaky bucket).
 //! - `cargo xtask test`: build the guests, then run the whole workspace's tests.
 //! - `cargo xtask bench`: build the guests, then run the criterion benchmarks.
 
@@ -23,6 +25,12 @@ struct Cli {
 enum Task {
     /// Build every policy component and hostile fixture.
     Guests,
+    /// Build the guests, then run the `leaky` command (a demo of the engine by default).
+    Run {
+        /// Arguments for `leaky` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Build the guests, then run every test of the workspace.
     Test {
         /// Extra arguments for the test runner (after `--`).
@@ -41,6 +49,10 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match Cli::parse().command {
         Task::Guests => guests::build(&root),
+        Task::Run { args } => {
+            guests::build(&root)?;
+            demo(&root, &args)
+        }
         Task::Test { args } => {
             guests::build(&root)?;
             test(&root, &args)
@@ -69,6 +81,33 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         run(cargo(root).args(["test", "--workspace", "--doc"]))?;
     }
     Ok(())
+}
+
+/// Runs `leaky` with `args`, or, without any, checks every policy and replays the example trace.
+fn demo(root: &Path, args: &[String]) -> Result<()> {
+    let leaky = |args: &[&str]| {
+        let mut cmd = cargo(root);
+        cmd.args(["run", "--quiet", "--package", "leaky-server", "--bin", "leaky", "--"]).args(args);
+        run(&mut cmd)
+    };
+    if !args.is_empty() {
+        return leaky(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    for policy in ["leaky-bucket", "token-bucket", "fixed-window", "sliding-window", "model-pricing"] {
+        leaky(&["policy", "check", &format!("policies/{policy}.wasm")])?;
+        println!();
+    }
+    leaky(&[
+        "policy",
+        "simulate",
+        "policies/leaky-bucket.wasm",
+        "--param",
+        "capacity=1000",
+        "--param",
+        "leak_rate_per_second=10",
+        "--trace",
+        "docs/examples/burst.csv",
+    ])
 }
 
 /// The workspace root: the parent of this crate's directory.
