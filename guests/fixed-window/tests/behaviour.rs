@@ -2,7 +2,7 @@
 
 use fixed_window::FixedWindow;
 use leaky_policy_sdk::rate::{Guest, Outcome};
-use leaky_policy_sdk::testing::{Driver, max_in_any_interval, params};
+use leaky_policy_sdk::testing::{Driver, assert_window_bounds, params, replay_checking_waits};
 use proptest::prelude::*;
 
 fn window(capacity: u64, seconds: u64) -> Driver<FixedWindow> {
@@ -46,25 +46,14 @@ proptest! {
     /// Each aligned window admits at most `capacity`; any window-long interval, which straddles
     /// at most one boundary, at most twice that.
     #[test]
-    fn never_more_than_capacity_per_window_nor_twice_that_across_a_boundary(
+    fn window_bounds_hold_and_waits_are_exact(
         capacity in 1u64..300,
         seconds in 1u64..20,
         steps in prop::collection::vec((0u64..2_000, 1u64..400), 1..200),
     ) {
-        let mut w = window(capacity, seconds);
-        let mut now = 1_700_000_000_123;
-        for (dt, tokens) in steps {
-            now += dt;
-            let v = w.at(now, tokens);
-            prop_assert_eq!(v.outcome == Outcome::ExceedsCapacity, tokens > capacity);
-            if v.outcome == Outcome::RateLimited {
-                prop_assert_eq!((now + v.retry_after_ms) % (seconds * 1000), 0, "waits until a window opens");
-            }
-        }
-        let span = seconds * 1000;
-        let mut per_window = std::collections::BTreeMap::new();
-        for &(t, n) in &w.admitted { *per_window.entry(t / span).or_insert(0) += n; }
-        prop_assert!(per_window.values().all(|&n| n <= capacity));
-        prop_assert!(max_in_any_interval(&w.admitted, span - 1) <= 2 * capacity);
+        let (capacity_text, seconds_text) = (capacity.to_string(), seconds.to_string());
+        let pairs = [("capacity", capacity_text.as_str()), ("window_seconds", seconds_text.as_str())];
+        let w = replay_checking_waits::<FixedWindow>(&pairs, capacity, &steps);
+        assert_window_bounds(&w.admitted, capacity, seconds * 1000);
     }
 }

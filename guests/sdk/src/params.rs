@@ -88,6 +88,24 @@ impl Params {
     }
 }
 
+/// The longest window a window strategy accepts: one year.
+pub const MAX_WINDOW_SECONDS: u64 = 366 * 24 * 3600;
+
+/// The parameters of a window strategy (`capacity`, `window_seconds`), encoded as
+/// `[capacity, window_ms]`.
+pub fn window_config(pairs: Vec<(String, String)>) -> Result<Vec<u8>, String> {
+    let params = Params::new(pairs);
+    params.reject_unknown(&["capacity", "window_seconds"], &[])?;
+    let capacity = params.positive_u64("capacity", crate::units::MAX_CAPACITY)?;
+    let window = params.positive_u64("window_seconds", MAX_WINDOW_SECONDS)?;
+    Ok(crate::codec::encode_u64s([capacity, window * 1000]))
+}
+
+/// Decodes what [`window_config`] produced: `Some([capacity, window_ms])`, both non-zero.
+pub fn decode_window_config(blob: &[u8]) -> Option<[u64; 2]> {
+    crate::codec::decode_u64s::<2>(blob).filter(|[capacity, window_ms]| *capacity > 0 && *window_ms > 0)
+}
+
 /// Parses a number that must be finite and at least zero, naming `name` in the error.
 pub fn non_negative(name: &str, raw: &str, max: f64) -> Result<f64, String> {
     let value = parse_number(name, raw)?;

@@ -74,3 +74,39 @@ pub fn bucket_bound_violation(admitted: &[(u64, u64)], capacity: u64, micro_per_
     }
     None
 }
+
+/// Replays `steps` of `(delay_ms, tokens)` through a fresh driver and checks what every
+/// strategy promises: `exceeds-capacity` exactly when `tokens > capacity`, and every announced
+/// wait exact (the same request fits after it, and not one millisecond before).
+pub fn replay_checking_waits<G: Guest>(pairs: &[(&str, &str)], capacity: u64, steps: &[(u64, u64)]) -> Driver<G> {
+    use crate::rate::Outcome;
+    let mut driver = Driver::<G>::new(pairs);
+    let mut now = 1_700_000_000_123;
+    for &(delay, tokens) in steps {
+        now += delay;
+        let v = driver.at(now, tokens);
+        assert_eq!(v.outcome == Outcome::ExceedsCapacity, tokens > capacity, "at {now} for {tokens}: {v:?}");
+        if v.outcome == Outcome::RateLimited {
+            let mut probe = Driver::<G>::new(pairs);
+            for &(t, n) in &driver.admitted {
+                probe.at(t, n);
+            }
+            let early = probe.at(now + v.retry_after_ms - 1, tokens);
+            assert_eq!(early.outcome, Outcome::RateLimited, "fits before the announced wait: {v:?}");
+            assert!(probe.at(now + v.retry_after_ms, tokens).is_allowed(), "does not fit after the wait: {v:?}");
+        }
+    }
+    driver
+}
+
+/// Checks the window bounds: at most `capacity` per window aligned to the epoch, and at most
+/// `2 * capacity` within any interval of one window's length.
+pub fn assert_window_bounds(admitted: &[(u64, u64)], capacity: u64, window_ms: u64) {
+    let mut per_window = alloc::collections::BTreeMap::new();
+    for &(t, n) in admitted {
+        *per_window.entry(t / window_ms).or_insert(0) += n;
+    }
+    assert!(per_window.values().all(|&n| n <= capacity), "a window admitted more than {capacity}: {per_window:?}");
+    let worst = max_in_any_interval(admitted, window_ms - 1);
+    assert!(worst <= 2 * capacity, "{worst} tokens within one window length");
+}

@@ -20,15 +20,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use leaky_policy_sdk::codec::{decode_u64s, encode_u64s};
-use leaky_policy_sdk::params::Params;
+use leaky_policy_sdk::params::{decode_window_config, window_config};
 use leaky_policy_sdk::rate::{Guest, Usage, Verdict};
-use leaky_policy_sdk::units::{MAX_CAPACITY, ms};
+use leaky_policy_sdk::units::ms;
 
 /// The sliding-window strategy.
 pub struct SlidingWindow;
-
-/// The longest window accepted: one year.
-const MAX_WINDOW_SECONDS: u64 = 366 * 24 * 3600;
 
 /// The counters as seen from one instant.
 struct Window {
@@ -75,15 +72,11 @@ impl Guest for SlidingWindow {
     }
 
     fn configure(params: Vec<(String, String)>) -> Result<Vec<u8>, String> {
-        let params = Params::new(params);
-        params.reject_unknown(&["capacity", "window_seconds"], &[])?;
-        let capacity = params.positive_u64("capacity", MAX_CAPACITY)?;
-        let window = params.positive_u64("window_seconds", MAX_WINDOW_SECONDS)?;
-        Ok(encode_u64s([capacity, window * 1000]))
+        window_config(params)
     }
 
     fn decide(config: Vec<u8>, state: Option<Vec<u8>>, usage: Usage) -> (Verdict, Vec<u8>) {
-        let Some([capacity, window_ms]) = decode_u64s::<2>(&config).filter(|[c, w]| *c > 0 && *w > 0) else {
+        let Some([capacity, window_ms]) = decode_window_config(&config) else {
             return (Verdict::exceeds_capacity(0, 0, 0), Vec::new());
         };
         let mut win = Window::at(usage.now_ms, window_ms, state.as_deref().and_then(decode_u64s));

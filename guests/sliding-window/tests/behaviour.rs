@@ -1,7 +1,7 @@
 //! Sliding window semantics, natively (the engine's tests replay the same vectors through wasm).
 
 use leaky_policy_sdk::rate::{Guest, Outcome};
-use leaky_policy_sdk::testing::{Driver, max_in_any_interval, params};
+use leaky_policy_sdk::testing::{Driver, assert_window_bounds, params, replay_checking_waits};
 use proptest::prelude::*;
 use sliding_window::SlidingWindow;
 
@@ -51,29 +51,16 @@ fn bad_parameters_are_refused_naming_the_parameter() {
 }
 
 proptest! {
+    /// Bounded per window and across boundaries; every wait is exact.
     #[test]
-    fn bounded_per_window_and_across_boundaries_and_waits_are_exact(
+    fn window_bounds_hold_and_waits_are_exact(
         capacity in 1u64..300,
         seconds in 1u64..20,
         steps in prop::collection::vec((0u64..2_000, 1u64..400), 1..200),
     ) {
-        let mut w = window(capacity, seconds);
-        let mut now = 1_700_000_000_123;
-        for (dt, tokens) in steps {
-            now += dt;
-            let v = w.at(now, tokens);
-            prop_assert_eq!(v.outcome == Outcome::ExceedsCapacity, tokens > capacity);
-            if v.outcome == Outcome::RateLimited {
-                let mut probe = window(capacity, seconds);
-                for &(t, n) in &w.admitted { probe.at(t, n); }
-                prop_assert_eq!(probe.at(now + v.retry_after_ms - 1, tokens).outcome, Outcome::RateLimited);
-                prop_assert!(probe.at(now + v.retry_after_ms, tokens).is_allowed());
-            }
-        }
-        let span = seconds * 1000;
-        let mut per_window = std::collections::BTreeMap::new();
-        for &(t, n) in &w.admitted { *per_window.entry(t / span).or_insert(0) += n; }
-        prop_assert!(per_window.values().all(|&n| n <= capacity));
-        prop_assert!(max_in_any_interval(&w.admitted, span - 1) <= 2 * capacity);
+        let (capacity_text, seconds_text) = (capacity.to_string(), seconds.to_string());
+        let pairs = [("capacity", capacity_text.as_str()), ("window_seconds", seconds_text.as_str())];
+        let w = replay_checking_waits::<SlidingWindow>(&pairs, capacity, &steps);
+        assert_window_bounds(&w.admitted, capacity, seconds * 1000);
     }
 }

@@ -1,7 +1,7 @@
 //! Token bucket semantics, natively (the engine's tests replay the same vectors through wasm).
 
 use leaky_policy_sdk::rate::{Guest, Outcome};
-use leaky_policy_sdk::testing::{Driver, bucket_bound_violation, params};
+use leaky_policy_sdk::testing::{Driver, bucket_bound_violation, params, replay_checking_waits};
 use proptest::prelude::*;
 use token_bucket::TokenBucket;
 
@@ -52,26 +52,14 @@ fn bad_parameters_are_refused_naming_the_parameter() {
 
 proptest! {
     #[test]
-    fn never_admits_more_than_capacity_plus_rate_times_t(
+    fn never_admits_more_than_capacity_plus_rate_times_t_and_waits_are_exact(
         capacity in 1u64..500,
         rate_milli in 1u64..50_000,
         steps in prop::collection::vec((0u64..3_000, 1u64..600), 1..150),
     ) {
-        let rate = format!("{}", rate_milli as f64 / 1000.0);
-        let mut b = bucket(capacity, &rate);
-        let mut now = 1_700_000_000_000;
-        for (dt, tokens) in steps {
-            now += dt;
-            let v = b.at(now, tokens);
-            if tokens > capacity {
-                prop_assert_eq!(v.outcome, Outcome::ExceedsCapacity);
-            }
-            if v.outcome == Outcome::RateLimited {
-                let mut probe = bucket(capacity, &rate);
-                for &(t, n) in &b.admitted { probe.at(t, n); }
-                prop_assert!(probe.at(now + v.retry_after_ms, tokens).is_allowed());
-            }
-        }
+        let (capacity_text, rate) = (capacity.to_string(), format!("{}", rate_milli as f64 / 1000.0));
+        let pairs = [("capacity", capacity_text.as_str()), ("refill_rate_per_second", rate.as_str())];
+        let b = replay_checking_waits::<TokenBucket>(&pairs, capacity, &steps);
         prop_assert_eq!(bucket_bound_violation(&b.admitted, capacity, rate_milli), None);
     }
 }
