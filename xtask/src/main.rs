@@ -67,20 +67,17 @@ fn main() -> Result<()> {
 }
 
 /// Runs the workspace's tests with cargo-nextest when it is installed, else `cargo test`.
+/// nextest does not run doctests, so they run first, and the runner's summary closes the output.
 fn test(root: &Path, args: &[String]) -> Result<()> {
     let nextest = Command::new("cargo").args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     let mut cmd = cargo(root);
     if nextest {
+        run(cargo(root).args(["test", "--workspace", "--doc", "--quiet"]))?;
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
     } else {
         cmd.args(["test", "--workspace", "--no-fail-fast"]);
     }
-    run(cmd.args(args))?;
-    // nextest does not run doctests.
-    if nextest {
-        run(cargo(root).args(["test", "--workspace", "--doc"]))?;
-    }
-    Ok(())
+    run(cmd.args(args))
 }
 
 /// Runs `leaky` with `args`, or, without any, checks every policy and replays the example trace.

@@ -12,11 +12,11 @@ extern crate alloc;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use leaky_policy_sdk::codec::{decode_u64s, encode_u64s};
 use leaky_policy_sdk::params::{decode_window_config, window_config};
-use leaky_policy_sdk::rate::{Guest, Usage, Verdict};
+use leaky_policy_sdk::rate::{Guest, Request, Verdict, Words};
 
-/// The fixed-window strategy.
+/// The fixed-window strategy. Config: `(capacity, window_ms, 0, 0)`;
+/// state: `(window index since the epoch, tokens used in it, 0, 0)`.
 pub struct FixedWindow;
 
 impl Guest for FixedWindow {
@@ -24,28 +24,27 @@ impl Guest for FixedWindow {
         "fixed-window".into()
     }
 
-    fn configure(params: Vec<(String, String)>) -> Result<Vec<u8>, String> {
+    fn configure(params: Vec<(String, String)>) -> Result<Words, String> {
         window_config(params)
     }
 
-    fn decide(config: Vec<u8>, state: Option<Vec<u8>>, usage: Usage) -> (Verdict, Vec<u8>) {
-        let Some([capacity, window_ms]) = decode_window_config(&config) else {
-            return (Verdict::exceeds_capacity(0, 0, 0), Vec::new());
+    fn decide(config: Words, state: Option<Words>, request: Request) -> (Verdict, Words) {
+        let Some((capacity, window_ms)) = decode_window_config(config) else {
+            return (Verdict::exceeds_capacity(0, 0, 0), (0, 0, 0, 0));
         };
-        let now = usage.now_ms;
+        let now = request.now_ms;
         let current = now / window_ms;
-        let [window, used] = state.as_deref().and_then(decode_u64s).unwrap_or([current, 0]);
+        let (window, used, ..) = state.unwrap_or((current, 0, 0, 0));
         // A window later than now (a clock that went backwards) keeps counting in that window.
         let (window, used) = if window < current { (current, 0) } else { (window, used.min(capacity)) };
-        let window_end = window.saturating_add(1).saturating_mul(window_ms);
-        let until_next = window_end.saturating_sub(now);
+        let until_next = window.saturating_add(1).saturating_mul(window_ms).saturating_sub(now);
         let reset = |used: u64| if used == 0 { 0 } else { until_next };
-        let save = |used: u64| encode_u64s([window, used]);
+        let save = |used: u64| (window, used, 0, 0);
 
-        if usage.tokens > capacity {
+        if request.tokens > capacity {
             return (Verdict::exceeds_capacity(capacity, capacity - used, reset(used)), save(used));
         }
-        let wanted = used + usage.tokens;
+        let wanted = used + request.tokens;
         if wanted <= capacity {
             (Verdict::allowed(capacity, capacity - wanted, reset(wanted)), save(wanted))
         } else {

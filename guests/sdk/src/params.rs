@@ -91,19 +91,32 @@ impl Params {
 /// The longest window a window strategy accepts: one year.
 pub const MAX_WINDOW_SECONDS: u64 = 366 * 24 * 3600;
 
-/// The parameters of a window strategy (`capacity`, `window_seconds`), encoded as
-/// `[capacity, window_ms]`.
-pub fn window_config(pairs: Vec<(String, String)>) -> Result<Vec<u8>, String> {
+/// The parameters of a window strategy (`capacity`, `window_seconds`) as the words
+/// `(capacity, window_ms, 0, 0)`. `capacity * window_ms` must stay below 3 * 10^18, so that the
+/// strategies' scaled arithmetic fits in 64 bits.
+pub fn window_config(pairs: Vec<(String, String)>) -> Result<(u64, u64, u64, u64), String> {
     let params = Params::new(pairs);
     params.reject_unknown(&["capacity", "window_seconds"], &[])?;
     let capacity = params.positive_u64("capacity", crate::units::MAX_CAPACITY)?;
-    let window = params.positive_u64("window_seconds", MAX_WINDOW_SECONDS)?;
-    Ok(crate::codec::encode_u64s([capacity, window * 1000]))
+    let window_ms = params.positive_u64("window_seconds", MAX_WINDOW_SECONDS)? * 1000;
+    if capacity.checked_mul(window_ms).is_none_or(|product| product > MAX_CAPACITY_TIMES_WINDOW) {
+        return Err(format!(
+            "parameters `capacity` and `window_seconds` are too large together: capacity x window in ms must stay below {MAX_CAPACITY_TIMES_WINDOW}"
+        ));
+    }
+    Ok((capacity, window_ms, 0, 0))
 }
 
-/// Decodes what [`window_config`] produced: `Some([capacity, window_ms])`, both non-zero.
-pub fn decode_window_config(blob: &[u8]) -> Option<[u64; 2]> {
-    crate::codec::decode_u64s::<2>(blob).filter(|[capacity, window_ms]| *capacity > 0 && *window_ms > 0)
+/// The largest `capacity * window_ms` a window strategy accepts.
+pub const MAX_CAPACITY_TIMES_WINDOW: u64 = 3_000_000_000_000_000_000;
+
+/// Checks words produced by [`window_config`]: `Some((capacity, window_ms))`.
+pub fn decode_window_config(config: (u64, u64, u64, u64)) -> Option<(u64, u64)> {
+    let (capacity, window_ms, ..) = config;
+    let valid = capacity > 0
+        && window_ms > 0
+        && capacity.checked_mul(window_ms).is_some_and(|p| p <= MAX_CAPACITY_TIMES_WINDOW);
+    valid.then_some((capacity, window_ms))
 }
 
 /// Parses a number that must be finite and at least zero, naming `name` in the error.

@@ -14,8 +14,8 @@ pub mod bindings {
     });
 }
 
-pub use bindings::exports::leaky::policy::rate_limiter::Guest;
-pub use bindings::leaky::policy::types::{Outcome, Usage, Verdict};
+pub use bindings::exports::leaky::policy::rate_limiter::{Guest, Request};
+pub use bindings::leaky::policy::types::{Outcome, Verdict, Words};
 
 /// Exports a type implementing [`Guest`] as this component's rate limiter.
 /// Natively (for tests) it expands to nothing.

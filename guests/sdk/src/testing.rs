@@ -5,12 +5,12 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::marker::PhantomData;
 
-use crate::rate::{Guest, Usage, Verdict};
+use crate::rate::{Guest, Request, Verdict, Words};
 
 /// Drives one subject through a strategy, storing state only when a request is admitted.
 pub struct Driver<G> {
-    config: Vec<u8>,
-    state: Option<Vec<u8>>,
+    config: Words,
+    state: Option<Words>,
     /// Every admitted request as `(now_ms, tokens)`.
     pub admitted: Vec<(u64, u64)>,
     strategy: PhantomData<G>,
@@ -21,9 +21,9 @@ pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-/// A request of `tokens` at `now_ms` by a fixed subject.
-pub fn usage(now_ms: u64, tokens: u64) -> Usage {
-    Usage { subject: "user-1".into(), provider: "openai".into(), model: None, tokens, now_ms }
+/// A request of `tokens` at `now_ms`.
+pub fn request(now_ms: u64, tokens: u64) -> Request {
+    Request { tokens, now_ms }
 }
 
 impl<G: Guest> Driver<G> {
@@ -38,7 +38,7 @@ impl<G: Guest> Driver<G> {
 
     /// Decides a request at `now_ms`, committing the state when it is admitted.
     pub fn at(&mut self, now_ms: u64, tokens: u64) -> Verdict {
-        let (verdict, next) = G::decide(self.config.clone(), self.state.clone(), usage(now_ms, tokens));
+        let (verdict, next) = G::decide(self.config, self.state, request(now_ms, tokens));
         if verdict.is_allowed() {
             self.state = Some(next);
             self.admitted.push((now_ms, tokens));

@@ -30,17 +30,7 @@ pub fn round(value: f64) -> u64 {
     (value + 0.5) as u64
 }
 
-/// `ceil(a / b)` for `b > 0`.
-pub fn ceil_div(a: u128, b: u128) -> u128 {
-    a.div_ceil(b)
-}
-
 /// Whole tokens in a micro-token amount, rounded down.
-pub fn whole_tokens(micro: u128) -> u64 {
-    u64::try_from(micro / u128::from(MICRO)).unwrap_or(u64::MAX)
-}
-
-/// Saturating conversion of a millisecond count.
-pub fn ms(value: u128) -> u64 {
-    u64::try_from(value).unwrap_or(u64::MAX)
+pub fn whole_tokens(micro: u64) -> u64 {
+    micro / MICRO
 }

@@ -19,50 +19,51 @@ extern crate alloc;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use leaky_policy_sdk::codec::{decode_u64s, encode_u64s};
 use leaky_policy_sdk::params::{decode_window_config, window_config};
-use leaky_policy_sdk::rate::{Guest, Usage, Verdict};
-use leaky_policy_sdk::units::ms;
+use leaky_policy_sdk::rate::{Guest, Request, Verdict, Words};
 
-/// The sliding-window strategy.
+/// The sliding-window strategy. Config: `(capacity, window_ms, 0, 0)`;
+/// state: `(window index since the epoch, tokens in it, tokens in the window before, 0)`.
 pub struct SlidingWindow;
 
 /// The counters as seen from one instant.
 struct Window {
     index: u64,
     /// Milliseconds since the current window opened.
-    elapsed: u128,
-    current: u128,
-    previous: u128,
+    elapsed: u64,
+    current: u64,
+    previous: u64,
 }
 
 impl Window {
-    fn at(now: u64, window_ms: u64, state: Option<[u64; 3]>) -> Self {
+    fn at(now: u64, window_ms: u64, capacity: u64, state: Option<Words>) -> Self {
         let index = now / window_ms;
-        let elapsed = u128::from(now % window_ms);
-        match state {
+        let elapsed = now % window_ms;
+        let (current, previous) = match state {
             // A clock that went backwards keeps counting in the newest window seen.
-            Some([seen, current, previous]) if seen > index => {
-                Self { index: seen, elapsed: 0, current: current.into(), previous: previous.into() }
+            Some((seen, current, previous, _)) if seen > index => {
+                return Self {
+                    index: seen,
+                    elapsed: 0,
+                    current: current.min(capacity),
+                    previous: previous.min(capacity),
+                };
             }
-            Some([seen, current, previous]) if seen == index => {
-                Self { index, elapsed, current: current.into(), previous: previous.into() }
-            }
-            Some([seen, current, _]) if seen + 1 == index => {
-                Self { index, elapsed, current: 0, previous: current.into() }
-            }
-            _ => Self { index, elapsed, current: 0, previous: 0 },
-        }
+            Some((seen, current, previous, _)) if seen == index => (current, previous),
+            Some((seen, current, _, _)) if seen + 1 == index => (0, current),
+            _ => (0, 0),
+        };
+        Self { index, elapsed, current: current.min(capacity), previous: previous.min(capacity) }
     }
 
-    /// The estimate of the last window's tokens, multiplied by the window length.
-    fn scaled_estimate(&self, w: u128) -> u128 {
+    /// The estimate of the last window's tokens, multiplied by the window length. At most
+    /// `2 * capacity * window`, which the configuration keeps within 64 bits.
+    fn scaled_estimate(&self, w: u64) -> u64 {
         self.previous * (w - self.elapsed) + self.current * w
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let clamp = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
-        encode_u64s([self.index, clamp(self.current), clamp(self.previous)])
+    fn words(&self) -> Words {
+        (self.index, self.current, self.previous, 0)
     }
 }
 
@@ -71,29 +72,29 @@ impl Guest for SlidingWindow {
         "sliding-window".into()
     }
 
-    fn configure(params: Vec<(String, String)>) -> Result<Vec<u8>, String> {
+    fn configure(params: Vec<(String, String)>) -> Result<Words, String> {
         window_config(params)
     }
 
-    fn decide(config: Vec<u8>, state: Option<Vec<u8>>, usage: Usage) -> (Verdict, Vec<u8>) {
-        let Some([capacity, window_ms]) = decode_window_config(&config) else {
-            return (Verdict::exceeds_capacity(0, 0, 0), Vec::new());
+    fn decide(config: Words, state: Option<Words>, request: Request) -> (Verdict, Words) {
+        let Some((capacity, w)) = decode_window_config(config) else {
+            return (Verdict::exceeds_capacity(0, 0, 0), (0, 0, 0, 0));
         };
-        let mut win = Window::at(usage.now_ms, window_ms, state.as_deref().and_then(decode_u64s));
-        let (cap, w, n) = (u128::from(capacity), u128::from(window_ms), u128::from(usage.tokens));
-        let remaining = |win: &Window| ms((cap * w).saturating_sub(win.scaled_estimate(w)) / w);
+        let mut win = Window::at(request.now_ms, w, capacity, state);
+        let (cap, n) = (capacity, request.tokens);
+        let remaining = |win: &Window| (cap * w).saturating_sub(win.scaled_estimate(w)) / w;
         let reset = |win: &Window| match (win.current, win.previous) {
             (0, 0) => 0,
-            (0, _) => ms(w - win.elapsed),
-            _ => ms(2 * w - win.elapsed),
+            (0, _) => w - win.elapsed,
+            _ => 2 * w - win.elapsed,
         };
 
         if n > cap {
-            return (Verdict::exceeds_capacity(capacity, remaining(&win), reset(&win)), win.encode());
+            return (Verdict::exceeds_capacity(capacity, remaining(&win), reset(&win)), win.words());
         }
         if win.scaled_estimate(w) + n * w <= cap * w {
             win.current += n;
-            return (Verdict::allowed(capacity, remaining(&win), reset(&win)), win.encode());
+            return (Verdict::allowed(capacity, remaining(&win), reset(&win)), win.words());
         }
         let until_next = w - win.elapsed;
         let wait = if win.current + n <= cap {
@@ -102,10 +103,9 @@ impl Guest for SlidingWindow {
             until_next - slack.checked_div(win.previous).unwrap_or(until_next).min(until_next)
         } else {
             // Only the next window has room: wait until this window's weight there has decayed.
-            let into_next = w - ((cap - n) * w).checked_div(win.current).unwrap_or(w).min(w);
-            until_next + into_next
+            until_next + (w - ((cap - n) * w).checked_div(win.current).unwrap_or(w).min(w))
         };
-        (Verdict::rate_limited(capacity, remaining(&win), ms(wait), reset(&win)), win.encode())
+        (Verdict::rate_limited(capacity, remaining(&win), wait, reset(&win)), win.words())
     }
 }
 

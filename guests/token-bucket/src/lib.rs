@@ -12,67 +12,52 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use leaky_policy_sdk::MICRO;
-use leaky_policy_sdk::codec::{decode_u64s, encode_u64s};
 use leaky_policy_sdk::params::Params;
-use leaky_policy_sdk::rate::{Guest, Usage, Verdict};
-use leaky_policy_sdk::units::{MAX_CAPACITY, MAX_RATE_PER_SECOND, ceil_div, micro_per_ms, ms, whole_tokens};
+use leaky_policy_sdk::rate::{Guest, Request, Verdict, Words};
+use leaky_policy_sdk::units::{MAX_CAPACITY, MAX_RATE_PER_SECOND, micro_per_ms, whole_tokens};
 
-/// The token-bucket strategy.
+/// The token-bucket strategy. Config: `(capacity, refill in micro-tokens per ms, 0, 0)`;
+/// state: `(tokens available in micro-tokens, time of that count in ms, 0, 0)`.
 pub struct TokenBucket;
-
-struct Config {
-    capacity: u64,
-    /// Micro-tokens added per millisecond.
-    refill: u64,
-}
-
-impl Config {
-    fn decode(blob: &[u8]) -> Option<Self> {
-        let [capacity, refill] = decode_u64s(blob)?;
-        (capacity > 0 && refill > 0).then_some(Self { capacity, refill })
-    }
-}
 
 impl Guest for TokenBucket {
     fn strategy() -> String {
         "token-bucket".into()
     }
 
-    fn configure(params: Vec<(String, String)>) -> Result<Vec<u8>, String> {
+    fn configure(params: Vec<(String, String)>) -> Result<Words, String> {
         let params = Params::new(params);
         params.reject_unknown(&["capacity", "refill_rate_per_second"], &[])?;
         let capacity = params.positive_u64("capacity", MAX_CAPACITY)?;
         let rate = params.positive_f64("refill_rate_per_second", MAX_RATE_PER_SECOND)?;
-        let refill = micro_per_ms("refill_rate_per_second", rate)?;
-        Ok(encode_u64s([capacity, refill]))
+        Ok((capacity, micro_per_ms("refill_rate_per_second", rate)?, 0, 0))
     }
 
-    fn decide(config: Vec<u8>, state: Option<Vec<u8>>, usage: Usage) -> (Verdict, Vec<u8>) {
-        let Some(config) = Config::decode(&config) else {
-            return (Verdict::exceeds_capacity(0, 0, 0), Vec::new());
-        };
-        let full = u128::from(config.capacity) * u128::from(MICRO);
-        let refill = u128::from(config.refill);
-        let now = usage.now_ms;
-        let [tokens, last] = state.as_deref().and_then(decode_u64s).unwrap_or([u64::MAX, now]);
-        let elapsed = u128::from(now.saturating_sub(last));
+    fn decide(config: Words, state: Option<Words>, request: Request) -> (Verdict, Words) {
+        let (capacity, refill, ..) = config;
+        if capacity == 0 || capacity > MAX_CAPACITY || refill == 0 {
+            return (Verdict::exceeds_capacity(0, 0, 0), (0, 0, 0, 0));
+        }
+        let full = capacity * MICRO;
+        let now = request.now_ms;
+        // A fresh subject starts full.
+        let (tokens, last, ..) = state.unwrap_or((full, now, 0, 0));
         let at = now.max(last);
-        let available = u128::from(tokens).saturating_add(elapsed * refill).min(full);
-        let reset = |available: u128| ms(ceil_div(full - available, refill));
-        let save = |available: u128| encode_u64s([u64::try_from(available).unwrap_or(u64::MAX), at]);
+        let available = tokens.saturating_add(now.saturating_sub(last).saturating_mul(refill)).min(full);
+        let reset = |available: u64| (full - available).div_ceil(refill);
+        let save = |available: u64| (available, at, 0, 0);
 
-        if usage.tokens > config.capacity {
-            let verdict = Verdict::exceeds_capacity(config.capacity, whole_tokens(available), reset(available));
+        if request.tokens > capacity {
+            let verdict = Verdict::exceeds_capacity(capacity, whole_tokens(available), reset(available));
             return (verdict, save(available));
         }
-        let wanted = u128::from(usage.tokens) * u128::from(MICRO);
+        let wanted = request.tokens * MICRO;
         if wanted <= available {
             let left = available - wanted;
-            (Verdict::allowed(config.capacity, whole_tokens(left), reset(left)), save(left))
+            (Verdict::allowed(capacity, whole_tokens(left), reset(left)), save(left))
         } else {
-            let wait = ms(ceil_div(wanted - available, refill));
-            let verdict = Verdict::rate_limited(config.capacity, whole_tokens(available), wait, reset(available));
-            (verdict, save(available))
+            let wait = (wanted - available).div_ceil(refill);
+            (Verdict::rate_limited(capacity, whole_tokens(available), wait, reset(available)), save(available))
         }
     }
 }

@@ -4,7 +4,7 @@
 //! docs/09-performance.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use leaky_engine::{EngineConfig, PolicyEngine, Usage};
+use leaky_engine::{EngineConfig, PolicyEngine, Request};
 use leaky_policy_sdk::rate::Guest;
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -18,16 +18,6 @@ fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-fn native_usage(now_ms: u64) -> leaky_policy_sdk::rate::Usage {
-    leaky_policy_sdk::rate::Usage {
-        subject: "user-1".into(),
-        provider: "openai".into(),
-        model: None,
-        tokens: 1,
-        now_ms,
-    }
-}
-
 /// Benchmarks one strategy both ways; state is carried from call to call as the host does.
 fn strategy<G: Guest>(c: &mut Criterion, engine: &PolicyEngine, name: &str, pairs: &[(&str, &str)]) {
     let mut group = c.benchmark_group(name);
@@ -37,7 +27,8 @@ fn strategy<G: Guest>(c: &mut Criterion, engine: &PolicyEngine, name: &str, pair
     group.bench_function("native", |b| {
         b.iter(|| {
             now += 1;
-            let (verdict, next) = G::decide(native_config.clone(), state.take(), native_usage(now));
+            let (verdict, next) =
+                G::decide(native_config, state, leaky_policy_sdk::rate::Request { tokens: 1, now_ms: now });
             state = Some(next);
             black_box(verdict)
         })
@@ -45,12 +36,12 @@ fn strategy<G: Guest>(c: &mut Criterion, engine: &PolicyEngine, name: &str, pair
 
     let limiter = engine.load_rate_limiter(&component(name)).expect("component loads");
     let config = limiter.configure(&params(pairs)).expect("configure");
-    let mut usage = Usage { subject: "user-1".into(), provider: "openai".into(), model: None, tokens: 1, now_ms: now };
-    let mut state: Option<Vec<u8>> = None;
+    let mut request = Request { tokens: 1, now_ms: now };
+    let mut state = None;
     group.bench_function("engine", |b| {
         b.iter(|| {
-            usage.now_ms += 1;
-            let decision = limiter.decide(&config, state.as_deref(), &usage).expect("decides");
+            request.now_ms += 1;
+            let decision = limiter.decide(&config, state, request).expect("decides");
             state = Some(decision.state);
             black_box(decision.verdict)
         })

@@ -11,8 +11,8 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::leaky::policy::quota::{self as quota_api, Charge};
-pub use exports::leaky::policy::rate_limiter as rate_api;
-pub use leaky::policy::types::{Outcome, Usage, Verdict};
+pub use exports::leaky::policy::rate_limiter::{self as rate_api, Request};
+pub use leaky::policy::types::{Outcome, Usage, Verdict, Words};
 
 /// The exported interface a rate-limit component implements.
 pub const RATE_LIMITER_INTERFACE: &str = "leaky:policy/rate-limiter@0.1.0";

@@ -16,8 +16,6 @@ pub struct EngineConfig {
     pub call_timeout: Duration,
     /// How often the epoch advances: the granularity of `call_timeout`.
     pub epoch_tick: Duration,
-    /// Largest state blob a rate limiter may return, in bytes.
-    pub max_state_bytes: usize,
     /// Idle warm instances kept per policy; more are created under load and dropped after.
     pub max_idle_instances: usize,
     /// Where precompiled artifacts are cached; `None` compiles on every load.
@@ -32,7 +30,6 @@ impl Default for EngineConfig {
             max_stack_bytes: 256 * 1024,
             call_timeout: Duration::from_millis(50),
             epoch_tick: Duration::from_millis(5),
-            max_state_bytes: 4096,
             max_idle_instances: 64,
             cache_dir: None,
         }

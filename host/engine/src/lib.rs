@@ -21,7 +21,7 @@ mod quota_rule;
 mod rate_limiter;
 mod sandbox;
 
-pub use bindings::{Charge, Outcome, Usage, Verdict};
+pub use bindings::{Charge, Outcome, Request, Usage, Verdict, Words};
 pub use config::EngineConfig;
 pub use engine::{Policy, PolicyEngine};
 pub use error::{GuestError, LoadError};

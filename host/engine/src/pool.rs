@@ -59,11 +59,6 @@ impl<G> InstancePool<G> {
         }
     }
 
-    /// The engine settings this pool runs with.
-    pub(crate) fn config(&self) -> &EngineConfig {
-        &self.config
-    }
-
     /// Number of idle instances (for tests and metrics).
     pub(crate) fn idle_count(&self) -> usize {
         self.idle.lock().map(|idle| idle.len()).unwrap_or(0)

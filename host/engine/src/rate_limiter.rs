@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::bindings::{Outcome, Usage, Verdict, rate_api};
+use crate::bindings::{Outcome, Request, Verdict, Words, rate_api};
 use crate::error::{GuestError, LoadError};
 use crate::inspect::ComponentInfo;
 use crate::pool::InstancePool;
@@ -23,9 +23,9 @@ struct Inner {
 }
 
 /// Parameters validated by a rate limiter's `configure`, in the limiter's own encoding.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimiterConfig {
-    blob: Arc<[u8]>,
+    words: Words,
 }
 
 /// A checked verdict and the state to store if the host commits it.
@@ -34,7 +34,7 @@ pub struct Decision {
     /// What the limiter decided.
     pub verdict: Verdict,
     /// The subject's next state.
-    pub state: Vec<u8>,
+    pub state: Words,
 }
 
 impl RateLimiter {
@@ -67,24 +67,20 @@ impl RateLimiter {
     /// Validates parameters; [`GuestError::BadParams`] names the offending one.
     pub fn configure(&self, params: &[(String, String)]) -> Result<RateLimiterConfig, GuestError> {
         let answer = self.inner.pool.call(|store, guest| guest.call_configure(store, &params.to_vec()))?;
-        let blob = answer.map_err(GuestError::BadParams)?;
-        Ok(RateLimiterConfig { blob: blob.into() })
+        let words = answer.map_err(GuestError::BadParams)?;
+        Ok(RateLimiterConfig { words })
     }
 
     /// Decides one request. The verdict is checked before it is returned.
     pub fn decide(
         &self,
         config: &RateLimiterConfig,
-        state: Option<&[u8]>,
-        usage: &Usage,
+        state: Option<Words>,
+        request: Request,
     ) -> Result<Decision, GuestError> {
         let (verdict, state) =
-            self.inner.pool.call(|store, guest| guest.call_decide(store, &config.blob, state, usage))?;
-        check_verdict(&verdict, usage.tokens)?;
-        let max_state = self.inner.pool.config().max_state_bytes;
-        if state.len() > max_state {
-            return Err(GuestError::InvalidAnswer(format!("state of {} bytes exceeds {max_state}", state.len())));
-        }
+            self.inner.pool.call(|store, guest| guest.call_decide(store, config.words, state, request))?;
+        check_verdict(&verdict, request.tokens)?;
         Ok(Decision { verdict, state })
     }
 }

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use leaky_engine::{EngineConfig, GuestError, LoadError, Outcome, PolicyEngine, RateLimiter};
-use support::{engine, fixture, params, policy, usage};
+use support::{engine, fixture, params, policy, request};
 
 /// A good limiter decides normally (the engine still works after whatever came before).
 fn assert_healthy(engine: &PolicyEngine) {
     let limiter = engine.load_rate_limiter(&policy("token-bucket")).expect("loads");
     let config = limiter.configure(&params(&[("capacity", "10"), ("refill_rate_per_second", "1")])).expect("config");
-    let d = limiter.decide(&config, None, &usage(0, 3)).expect("decides");
+    let d = limiter.decide(&config, None, request(0, 3)).expect("decides");
     assert_eq!((d.verdict.outcome, d.verdict.remaining), (Outcome::Allowed, 7));
 }
 
@@ -21,9 +21,9 @@ fn assert_healthy(engine: &PolicyEngine) {
 fn decide_error(engine: &PolicyEngine, name: &str) -> (RateLimiter, GuestError) {
     let limiter = engine.load_rate_limiter(&fixture(name)).expect("hostile fixture loads; it misbehaves at call time");
     let config = limiter.configure(&[]).expect("configure");
-    let err = limiter.decide(&config, None, &usage(0, 1)).expect_err("must fail");
+    let err = limiter.decide(&config, None, request(0, 1)).expect_err("must fail");
     // The same policy fails the same way on a fresh instance: nothing was left poisoned.
-    let again = limiter.decide(&config, None, &usage(0, 1)).expect_err("must fail again");
+    let again = limiter.decide(&config, None, request(0, 1)).expect_err("must fail again");
     assert_eq!(std::mem::discriminant(&err), std::mem::discriminant(&again));
     (limiter, err)
 }
@@ -102,7 +102,7 @@ fn decisions_reuse_warm_instances() {
     let limiter = engine().load_rate_limiter(&policy("leaky-bucket")).expect("loads");
     let config = limiter.configure(&params(&[("capacity", "1000"), ("leak_rate_per_second", "1")])).expect("config");
     for i in 0..100 {
-        limiter.decide(&config, None, &usage(i, 1)).expect("decides");
+        limiter.decide(&config, None, request(i, 1)).expect("decides");
     }
     // Sequential calls never needed a second instance.
     assert_eq!(limiter.idle_instances(), 1);
@@ -114,11 +114,11 @@ fn many_threads_decide_at_once_on_one_policy() {
     let config = limiter.configure(&params(&[("capacity", "1000"), ("leak_rate_per_second", "1")])).expect("config");
     let threads: Vec<_> = (0..8)
         .map(|t| {
-            let (limiter, config) = (Arc::clone(&limiter), config.clone());
+            let (limiter, config) = (Arc::clone(&limiter), config);
             std::thread::spawn(move || {
                 let mut state = None;
                 for i in 0..500u64 {
-                    let d = limiter.decide(&config, state.as_deref(), &usage(i, 1)).expect("decides");
+                    let d = limiter.decide(&config, state, request(i, 1)).expect("decides");
                     assert_eq!(d.verdict.outcome, Outcome::Allowed, "thread {t} call {i}");
                     state = Some(d.state);
                 }

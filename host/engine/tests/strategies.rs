@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use leaky_engine::{Outcome, RateLimiter, RateLimiterConfig, Verdict};
 use leaky_policy_sdk::rate::Guest;
 use proptest::prelude::*;
-use support::{engine, params, policy, usage};
+use support::{engine, params, policy, request, usage};
 
 /// Native verdicts in the SDK's types, for comparison with the engine's.
 fn native_fields(v: &leaky_policy_sdk::rate::Verdict) -> (bool, u64, u64, u64, u64) {
@@ -28,28 +28,17 @@ fn differential<G: Guest>(
     steps: &[(u64, u64)],
 ) {
     let native_config = G::configure(params(pairs)).expect("native configure");
-    let (mut native_state, mut wasm_state): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
+    assert_eq!(limiter.configure(&params(pairs)).expect("configure"), *config);
+    let mut state = None;
     let mut now = 1_700_000_000_000u64;
     for &(dt, tokens) in steps {
         now += dt;
-        let u = usage(now, tokens);
-        let (nv, ns) = G::decide(
-            native_config.clone(),
-            native_state.clone(),
-            leaky_policy_sdk::rate::Usage {
-                subject: u.subject.clone(),
-                provider: u.provider.clone(),
-                model: None,
-                tokens,
-                now_ms: now,
-            },
-        );
-        let decision = limiter.decide(config, wasm_state.as_deref(), &u).expect("engine decides");
+        let (nv, ns) = G::decide(native_config, state, leaky_policy_sdk::rate::Request { tokens, now_ms: now });
+        let decision = limiter.decide(config, state, request(now, tokens)).expect("engine decides");
         assert_eq!(native_fields(&nv), engine_fields(&decision.verdict), "at {now} for {tokens}");
         assert_eq!(ns, decision.state);
         if nv.is_allowed() {
-            native_state = Some(ns);
-            wasm_state = Some(decision.state);
+            state = Some(ns);
         }
     }
 }
@@ -105,12 +94,12 @@ fn leaky_bucket_retry_after_is_exact_through_the_engine() {
     let limiter = load("leaky-bucket");
     assert_eq!(limiter.strategy(), "leaky-bucket");
     let config = limiter.configure(&params(BUCKET)).expect("configure");
-    let first = limiter.decide(&config, None, &usage(0, 80)).expect("decide");
-    let refused = limiter.decide(&config, Some(&first.state), &usage(0, 30)).expect("decide");
+    let first = limiter.decide(&config, None, request(0, 80)).expect("decide");
+    let refused = limiter.decide(&config, Some(first.state), request(0, 30)).expect("decide");
     assert_eq!((refused.verdict.outcome, refused.verdict.retry_after_ms), (Outcome::RateLimited, 1_000));
-    let retried = limiter.decide(&config, Some(&first.state), &usage(1_000, 30)).expect("decide");
+    let retried = limiter.decide(&config, Some(first.state), request(1_000, 30)).expect("decide");
     assert_eq!(retried.verdict.outcome, Outcome::Allowed);
-    let too_big = limiter.decide(&config, None, &usage(0, 101)).expect("decide");
+    let too_big = limiter.decide(&config, None, request(0, 101)).expect("decide");
     assert_eq!(too_big.verdict.outcome, Outcome::ExceedsCapacity);
 }
 

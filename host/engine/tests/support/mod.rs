@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use leaky_engine::{EngineConfig, PolicyEngine, Usage};
+use leaky_engine::{EngineConfig, PolicyEngine, Request, Usage};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -36,7 +36,12 @@ pub fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-/// A request of `tokens` at `now_ms`.
+/// A rate-limit request of `tokens` at `now_ms`.
+pub fn request(now_ms: u64, tokens: u64) -> Request {
+    Request { tokens, now_ms }
+}
+
+/// A quota-rule request of `tokens` at `now_ms`.
 pub fn usage(now_ms: u64, tokens: u64) -> Usage {
     Usage { subject: "user-1".into(), provider: "openai".into(), model: None, tokens, now_ms }
 }

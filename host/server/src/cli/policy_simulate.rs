@@ -4,7 +4,7 @@
 //! uploading it.
 
 use anyhow::{Context, Result, bail};
-use leaky_engine::{Outcome, Usage};
+use leaky_engine::{Outcome, Request};
 use std::path::Path;
 
 /// One request of the trace.
@@ -25,16 +25,9 @@ pub fn run(file: &Path, raw_params: &[String], trace: &Path) -> Result<()> {
 
     println!("time_ms,tokens,outcome,remaining,retry_after_ms");
     let (mut allowed, mut refused, mut admitted) = (0u64, 0u64, 0u64);
-    let mut state: Option<Vec<u8>> = None;
+    let mut state = None;
     for row in rows {
-        let usage = Usage {
-            subject: "simulated".into(),
-            provider: "simulated".into(),
-            model: None,
-            tokens: row.tokens,
-            now_ms: row.time_ms,
-        };
-        let decision = limiter.decide(&config, state.as_deref(), &usage)?;
+        let decision = limiter.decide(&config, state, Request { tokens: row.tokens, now_ms: row.time_ms })?;
         let v = &decision.verdict;
         let outcome = match v.outcome {
             Outcome::Allowed => "allowed",
