@@ -2,6 +2,7 @@
 
 mod policy_check;
 mod policy_simulate;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -17,9 +18,40 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service (settings: defaults < the config file < LEAKY_* environment).
+    Serve {
+        /// The settings file (read when it exists).
+        #[arg(long, default_value = "leaky.toml")]
+        config: PathBuf,
+    },
+    /// Apply the database migrations for the configured database, then exit.
+    Migrate {
+        /// The settings file (read when it exists).
+        #[arg(long, default_value = "leaky.toml")]
+        config: PathBuf,
+    },
+    /// Administer users.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin (or make an existing user one), reading the password from stdin.
+    Create {
+        /// The admin's username.
+        #[arg(long)]
+        username: String,
+        /// Read the password from standard input (the only way: never on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// The settings file (read when it exists).
+        #[arg(long, default_value = "leaky.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -47,6 +79,11 @@ impl Cli {
     /// Runs the chosen command.
     pub fn run(self) -> Result<()> {
         match self.command {
+            Command::Serve { config } => serve::run(&config),
+            Command::Migrate { config } => serve::migrate(&config),
+            Command::Admin(AdminCommand::Create { username, password_stdin: _, config }) => {
+                serve::create_admin(&config, &username)
+            }
             Command::Policy(PolicyCommand::Check { file }) => policy_check::run(&file),
             Command::Policy(PolicyCommand::Simulate { file, params, trace }) => {
                 policy_simulate::run(&file, &params, &trace)

@@ -1,0 +1,37 @@
+//! Making admins: `leaky admin create` and `LEAKY_BOOTSTRAP_ADMIN=user:password` at start.
+
+use leaky_store::users;
+use sqlx::SqlitePool;
+
+use crate::auth::hash_password;
+use crate::routes::validate;
+use crate::state::AppState;
+
+/// Creates an admin, or makes an existing user an admin (keeping its other roles) and sets its
+/// password. Returns the user id.
+pub async fn create_admin(pool: &SqlitePool, username: &str, password: &str) -> anyhow::Result<uuid::Uuid> {
+    validate::username(username).map_err(|e| anyhow::anyhow!("{e}"))?;
+    validate::password(password).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hash = hash_password(password.to_string()).await?;
+    if let Some(user) = users::by_username(pool, username).await? {
+        let mut roles = user.roles.clone();
+        if !roles.iter().any(|r| r == "admin") {
+            roles.push("admin".into());
+        }
+        users::set_roles(pool, user.id, &roles).await?;
+        users::set_password(pool, user.id, &hash).await?;
+        return Ok(user.id);
+    }
+    let email = format!("{username}@admin.invalid");
+    Ok(users::create(pool, username, &email, &hash, &["user", "admin"]).await?.id)
+}
+
+/// Honours `LEAKY_BOOTSTRAP_ADMIN=user:password`.
+pub async fn admin_from_env(state: &AppState) -> anyhow::Result<()> {
+    let Ok(value) = std::env::var("LEAKY_BOOTSTRAP_ADMIN") else { return Ok(()) };
+    let (username, password) =
+        value.split_once(':').ok_or_else(|| anyhow::anyhow!("LEAKY_BOOTSTRAP_ADMIN must be user:password"))?;
+    let id = create_admin(state.db.pool(), username, password).await?;
+    tracing::info!(%username, user_id = %id, "bootstrap admin ready");
+    Ok(())
+}

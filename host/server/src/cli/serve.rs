@@ -1,0 +1,53 @@
+//! `leaky serve`, `leaky migrate` and `leaky admin create`.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::settings::Settings;
+use crate::startup::Application;
+
+fn settings(config: &Path) -> Result<Settings> {
+    Settings::load(config).map_err(|e| anyhow::anyhow!("invalid settings: {e}"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Runs the service until stopped.
+pub fn run(config: &Path) -> Result<()> {
+    let settings = settings(config)?;
+    crate::telemetry::init_logs(&settings.telemetry.log_format);
+    runtime()?.block_on(async {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped().await
+    })
+}
+
+/// Applies the migrations of the configured database.
+pub fn migrate(config: &Path) -> Result<()> {
+    let settings = settings(config)?;
+    std::fs::create_dir_all(&settings.data_dir)?;
+    runtime()?.block_on(async {
+        leaky_store::Database::open(&settings.database_url()).await.context("migrating the database")?;
+        println!("database at {} is up to date", settings.database_url());
+        Ok(())
+    })
+}
+
+/// Creates an admin with a password read from stdin.
+pub fn create_admin(config: &Path, username: &str) -> Result<()> {
+    let settings = settings(config)?;
+    let mut password = String::new();
+    std::io::stdin().read_to_string(&mut password).context("reading the password from stdin")?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    std::fs::create_dir_all(&settings.data_dir)?;
+    runtime()?.block_on(async {
+        let db = leaky_store::Database::open(&settings.database_url()).await?;
+        let id = crate::bootstrap::create_admin(db.pool(), username, password).await?;
+        println!("admin `{username}` ready (user id {id})");
+        Ok(())
+    })
+}

@@ -1,0 +1,142 @@
+//! The one place errors become HTTP responses: `{"error": {"code", "message", ...details}}`.
+//!
+//! Internal detail never reaches the client: a 5xx is logged with the request's span (which
+//! carries the request id) and answered with a generic message.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+/// An error answer of the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed or invalid.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 401: missing or bad credentials.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// 401 on login: unknown user or wrong password (the same answer for both).
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// 403: authenticated, not allowed.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// 404.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 409: a conflicting resource or a request still running.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body is larger than the limit.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 422: understood but not processable (e.g. an idempotency key reused with another body).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 429 `rate_limit_exceeded`.
+    #[error("rate limit exceeded: retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// The exact wait.
+        retry_after_ms: u64,
+        /// Extra fields for the body and headers.
+        details: Map<String, Value>,
+    },
+    /// 429 `insufficient_quota`, naming the exhausted scope.
+    #[error("{scope} quota exhausted")]
+    InsufficientQuota {
+        /// `user` or `org`.
+        scope: &'static str,
+        /// Extra fields for the body.
+        details: Map<String, Value>,
+    },
+    /// 429 for too many login attempts.
+    #[error("too many login attempts: retry in {retry_after_ms} ms")]
+    TooManyAttempts {
+        /// The wait.
+        retry_after_ms: u64,
+    },
+    /// 503: a backend is unavailable.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// 500: logged, never shown.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<leaky_store::StoreError> for ApiError {
+    fn from(err: leaky_store::StoreError) -> Self {
+        match err {
+            leaky_store::StoreError::Conflict(what) => Self::Conflict(format!("{what} is already taken")),
+            leaky_store::StoreError::WriterGone => Self::Unavailable("the service is shutting down"),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
+            Self::InsufficientQuota { .. } => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
+            Self::TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let message = match &self {
+            Self::Internal(err) => {
+                tracing::error!(error = ?err, "internal error");
+                "internal error; the request id identifies it in the logs".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut error = Map::new();
+        error.insert("code".into(), json!(code));
+        error.insert("message".into(), json!(message));
+        let mut retry_after = None;
+        match self {
+            Self::RateLimited { retry_after_ms, details } => {
+                error.insert("retryAfterMs".into(), json!(retry_after_ms));
+                error.extend(details);
+                retry_after = Some(retry_after_ms);
+            }
+            Self::InsufficientQuota { scope, details } => {
+                error.insert("scope".into(), json!(scope));
+                error.extend(details);
+            }
+            Self::TooManyAttempts { retry_after_ms } => {
+                error.insert("retryAfterMs".into(), json!(retry_after_ms));
+                retry_after = Some(retry_after_ms);
+            }
+            _ => {}
+        }
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if let Some(ms) = retry_after.filter(|ms| *ms > 0) {
+            let seconds = ms.div_ceil(1000).max(1);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"leaky-tokens\""));
+        }
+        response
+    }
+}

@@ -1,0 +1,301 @@
+//! `/api/v1/tokens/*`: status, quota, consume.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, json};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{Json, Query};
+use crate::routes::validate;
+use crate::services::accounts::lock;
+use crate::services::consume::{ConsumeOutcome, ConsumeRequest, QuotaView};
+use crate::services::rate_policies::BoundPolicy;
+use crate::state::AppState;
+use leaky_engine::Verdict;
+
+/// A provider's rate policy in the status answer.
+#[derive(Serialize, ToSchema)]
+pub struct PolicyView {
+    /// The provider, or `*` for the default.
+    pub provider: String,
+    /// The component's name.
+    pub module: String,
+    /// The component's sha256.
+    pub version: String,
+}
+
+/// The service's status.
+#[derive(Serialize, ToSchema)]
+pub struct StatusView {
+    /// `UP`.
+    pub status: &'static str,
+    /// The running version.
+    pub version: &'static str,
+    /// Backends in use.
+    #[schema(value_type = Object)]
+    pub storage: serde_json::Value,
+    /// Rate policies.
+    pub policies: Vec<PolicyView>,
+}
+
+/// Service status (public).
+#[utoipa::path(get, path = "/api/v1/tokens/status", tag = "tokens", responses((status = 200, body = StatusView)))]
+pub async fn status(State(state): State<AppState>) -> axum::Json<StatusView> {
+    let policies = state
+        .policies
+        .all()
+        .into_iter()
+        .map(|(provider, p)| PolicyView { provider, module: p.module.clone(), version: p.sha256.clone() })
+        .collect();
+    axum::Json(StatusView {
+        status: "UP",
+        version: env!("CARGO_PKG_VERSION"),
+        storage: json!({ "database": "sqlite", "rateState": "memory", "eventBus": "in-process", "analytics": "sql" }),
+        policies,
+    })
+}
+
+/// `GET /tokens/quota` query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaQuery {
+    /// Whose quota (default: the caller).
+    pub user_id: Option<Uuid>,
+    /// Which provider.
+    pub provider: String,
+}
+
+/// The rate limit's standing.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateView {
+    /// The strategy.
+    pub strategy: String,
+    /// Most tokens admitted at once.
+    pub capacity: u64,
+    /// Tokens admissible now.
+    pub remaining: u64,
+    /// Milliseconds until fully available again.
+    pub reset_after_ms: u64,
+}
+
+/// An org quota's standing.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgQuotaView {
+    /// The org.
+    pub org_id: Uuid,
+    /// Limit.
+    pub limit: i64,
+    /// Spent.
+    pub used: i64,
+    /// Left.
+    pub remaining: i64,
+}
+
+/// A user's quota for a provider.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaAnswer {
+    /// The user.
+    pub user_id: Uuid,
+    /// The provider.
+    pub provider: String,
+    /// Limit of the period.
+    pub limit: i64,
+    /// Spent in the period.
+    pub used: i64,
+    /// Left in the period.
+    pub remaining: i64,
+    /// When the period resets, if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_at: Option<String>,
+    /// The org's quota, if the user is in an org that has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org: Option<OrgQuotaView>,
+    /// The rate limit.
+    pub rate_limit: RateView,
+}
+
+/// A user's quota and rate-limit standing for a provider.
+#[utoipa::path(get, path = "/api/v1/tokens/quota", tag = "tokens", params(QuotaQuery), security(("bearer" = []), ("apiKey" = [])),
+    responses((status = 200, body = QuotaAnswer), (status = 401, description = "unauthenticated"), (status = 403, description = "another user's quota"), (status = 404, description = "no such user")))]
+pub async fn quota(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<QuotaQuery>,
+) -> Result<axum::Json<QuotaAnswer>, ApiError> {
+    let user = q.user_id.unwrap_or(caller.user_id);
+    caller.may_read(user)?;
+    validate::provider(&q.provider)?;
+    let facts = state.accounts.user(user).await?.ok_or(ApiError::NotFound("user"))?;
+    let policy = state.consume.policy(&q.provider);
+    let account = state.accounts.account(user, &q.provider).await?;
+    let org = match facts.org_id {
+        Some(org) => state.accounts.org(org, &q.provider).await?.map(|cell| (org, cell)),
+        None => None,
+    };
+    let now = leaky_store::now_ms();
+    let (quota, rate_state) = {
+        let mut acct = lock(&account);
+        acct.quota.roll(now);
+        (acct.quota.clone(), acct.rate)
+    };
+    // A zero-token probe reads the limiter's standing without changing it.
+    let probe = leaky_engine::Request { tokens: 0, now_ms: u64::try_from(now).unwrap_or(0) };
+    let verdict = policy.limiter.decide(&policy.config, rate_state, probe).map_err(anyhow::Error::from)?.verdict;
+    let org = org.map(|(org_id, cell)| {
+        let mut q = lock(&cell);
+        q.roll(now);
+        OrgQuotaView { org_id, limit: q.limit, used: q.used, remaining: q.remaining() }
+    });
+    Ok(axum::Json(QuotaAnswer {
+        user_id: user,
+        provider: q.provider,
+        limit: quota.limit,
+        used: quota.used,
+        remaining: quota.remaining(),
+        reset_at: quota.reset_at().map(validate::rfc3339),
+        org,
+        rate_limit: RateView {
+            strategy: policy.strategy.clone(),
+            capacity: verdict.limit,
+            remaining: verdict.remaining,
+            reset_after_ms: verdict.reset_after_ms,
+        },
+    }))
+}
+
+/// `POST /tokens/consume` body.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumeBody {
+    /// Whose tokens.
+    pub user_id: Uuid,
+    /// 1-64 of `[a-z0-9._-]`.
+    pub provider: String,
+    /// 1 to 10,000,000.
+    pub tokens: u64,
+    /// The model, if known.
+    pub model: Option<String>,
+    /// The caller's id for this request, kept in the ledger (at most 128 characters).
+    pub request_id: Option<String>,
+}
+
+/// An admitted consume.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumeAnswer {
+    /// Always true.
+    pub allowed: bool,
+    /// The user.
+    pub user_id: Uuid,
+    /// The provider.
+    pub provider: String,
+    /// Tokens spent.
+    pub tokens: u64,
+    /// The user's quota after the spend.
+    #[schema(value_type = Object)]
+    pub quota: serde_json::Value,
+    /// The rate limit after the spend.
+    #[schema(value_type = Object)]
+    pub rate_limit: serde_json::Value,
+}
+
+fn quota_json(q: &QuotaView) -> serde_json::Value {
+    let mut v = json!({ "limit": q.limit, "used": q.used, "remaining": (q.limit - q.used).max(0) });
+    if let Some(at) = q.reset_at {
+        v["resetAt"] = json!(validate::rfc3339(at));
+    }
+    v
+}
+
+/// The IETF `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers).
+fn rate_headers(policy: &BoundPolicy, v: &Verdict) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let name = &policy.strategy;
+    let window = v.reset_after_ms.div_ceil(1000);
+    let values = [
+        ("ratelimit-policy", format!("\"{name}\";q={}", v.limit)),
+        ("ratelimit", format!("\"{name}\";r={};t={window}", v.remaining)),
+    ];
+    for (key, value) in values {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(key), value);
+        }
+    }
+    headers
+}
+
+/// Spend tokens: admitted only if the provider's rate policy, the user's quota and the org's
+/// quota all have room; a refusal spends nothing anywhere.
+#[utoipa::path(post, path = "/api/v1/tokens/consume", tag = "tokens", request_body = ConsumeBody, security(("bearer" = []), ("apiKey" = [])),
+    responses((status = 200, body = ConsumeAnswer), (status = 400, description = "invalid input"), (status = 401, description = "unauthenticated"),
+        (status = 403, description = "another user's tokens"), (status = 404, description = "no such user"),
+        (status = 429, description = "rate_limit_exceeded (with Retry-After) or insufficient_quota (with scope)")))]
+pub async fn consume(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<ConsumeBody>,
+) -> Result<Response, ApiError> {
+    caller.may_act_for(body.user_id)?;
+    validate::provider(&body.provider)?;
+    validate::tokens(body.tokens)?;
+    if body.request_id.as_ref().is_some_and(|r| r.len() > 128) || body.model.as_ref().is_some_and(|m| m.len() > 128) {
+        return Err(ApiError::InvalidRequest("requestId and model are at most 128 characters".into()));
+    }
+    let request = ConsumeRequest {
+        user_id: body.user_id,
+        provider: body.provider.clone(),
+        tokens: body.tokens,
+        model: body.model,
+        request_id: body.request_id,
+    };
+    let (outcome, policy) = state.consume.consume(request).await?;
+    match outcome {
+        ConsumeOutcome::Allowed { user, org, rate } => {
+            let mut quota = quota_json(&user);
+            if let Some((org_id, org)) = org {
+                quota["org"] = json!({ "orgId": org_id, "limit": org.limit, "used": org.used, "remaining": (org.limit - org.used).max(0) });
+            }
+            let answer = ConsumeAnswer {
+                allowed: true,
+                user_id: body.user_id,
+                provider: body.provider,
+                tokens: body.tokens,
+                quota,
+                rate_limit: json!({ "strategy": policy.strategy, "capacity": rate.limit, "remaining": rate.remaining, "resetAfterMs": rate.reset_after_ms }),
+            };
+            Ok((rate_headers(&policy, &rate), axum::Json(answer)).into_response())
+        }
+        ConsumeOutcome::RateLimited { rate } => {
+            let mut details = Map::new();
+            details.insert("strategy".into(), json!(policy.strategy));
+            details.insert("limit".into(), json!(rate.limit));
+            details.insert("remaining".into(), json!(rate.remaining));
+            if rate.outcome == leaky_engine::Outcome::ExceedsCapacity {
+                details.insert(
+                    "reason".into(),
+                    json!("the request is larger than the rate limit's capacity and can never be admitted"),
+                );
+            }
+            let error = ApiError::RateLimited { retry_after_ms: rate.retry_after_ms, details };
+            Ok((rate_headers(&policy, &rate), error).into_response())
+        }
+        ConsumeOutcome::QuotaExhausted { scope, quota, rate } => {
+            let mut details = Map::new();
+            details.insert("limit".into(), json!(quota.limit));
+            details.insert("used".into(), json!(quota.used));
+            details.insert("remaining".into(), json!((quota.limit - quota.used).max(0)));
+            if let Some(at) = quota.reset_at {
+                details.insert("resetAt".into(), json!(validate::rfc3339(at)));
+            }
+            Ok((rate_headers(&policy, &rate), ApiError::InsufficientQuota { scope, details }).into_response())
+        }
+    }
+}

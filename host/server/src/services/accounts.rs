@@ -1,0 +1,144 @@
+//! The in-memory book of quotas and rate state that every decision reads and updates.
+//!
+//! Each (user, provider) is an [`Account`] behind its own mutex: its rate-limiter state and its
+//! quota. Each (org, provider) with a quota is an org account. A decision locks the user's
+//! account, then the org's (always in that order), decides, applies, and unlocks: no await
+//! inside, so the critical section is a few microseconds. The database is the durable copy:
+//! accounts are loaded from it on first use, and every applied debit is committed to it (by
+//! the ledger writer) before the caller is answered; a debit whose commit fails is undone.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dashmap::DashMap;
+use leaky_engine::Words;
+use leaky_store::quotas::{self, OwnerType, Period, Quota};
+use sqlx::SqlitePool;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// One user's standing with one provider.
+#[derive(Debug)]
+pub struct Account {
+    /// The rate limiter's state; `None` until the first admitted request.
+    pub rate: Option<Words>,
+    /// The user's quota.
+    pub quota: Quota,
+}
+
+/// A shared, lockable account.
+pub type AccountCell = Arc<Mutex<Account>>;
+/// A shared, lockable org quota.
+pub type OrgCell = Arc<Mutex<Quota>>;
+
+/// Facts about a user the hot path needs.
+#[derive(Clone, Copy, Debug)]
+pub struct UserFacts {
+    /// The user's org, if any.
+    pub org_id: Option<Uuid>,
+}
+
+/// The book.
+pub struct Accounts {
+    pool: SqlitePool,
+    users: DashMap<(Uuid, String), AccountCell>,
+    orgs: DashMap<(Uuid, String), Option<OrgCell>>,
+    facts: DashMap<Uuid, UserFacts>,
+    default_limit: Box<dyn Fn(&str) -> u64 + Send + Sync>,
+}
+
+/// Locks a mutex, recovering from poisoning (a panic elsewhere never wedges an account).
+pub fn lock<T>(cell: &Mutex<T>) -> MutexGuard<'_, T> {
+    cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Accounts {
+    /// A book over the database; `default_limit` gives a new user's quota for a provider.
+    pub fn new(pool: SqlitePool, default_limit: impl Fn(&str) -> u64 + Send + Sync + 'static) -> Self {
+        Self {
+            pool,
+            users: DashMap::new(),
+            orgs: DashMap::new(),
+            facts: DashMap::new(),
+            default_limit: Box::new(default_limit),
+        }
+    }
+
+    /// Facts about a user; `None` when there is no such user.
+    pub async fn user(&self, user: Uuid) -> Result<Option<UserFacts>, ApiError> {
+        if let Some(facts) = self.facts.get(&user) {
+            return Ok(Some(*facts));
+        }
+        let Some(stored) = leaky_store::users::by_id(&self.pool, user).await? else { return Ok(None) };
+        let facts = UserFacts { org_id: stored.org_id };
+        self.facts.insert(user, facts);
+        Ok(Some(facts))
+    }
+
+    /// Forgets cached facts about a user (after an org change).
+    pub fn forget_user(&self, user: Uuid) {
+        self.facts.remove(&user);
+    }
+
+    /// The account of (user, provider), loading or creating its quota with the default limit.
+    pub async fn account(&self, user: Uuid, provider: &str) -> Result<AccountCell, ApiError> {
+        let key = (user, provider.to_string());
+        if let Some(cell) = self.users.get(&key) {
+            return Ok(Arc::clone(&cell));
+        }
+        let limit = i64::try_from((self.default_limit)(provider)).unwrap_or(i64::MAX);
+        let fresh = Quota {
+            owner_type: OwnerType::User,
+            owner_id: user,
+            provider: provider.to_string(),
+            limit,
+            used: 0,
+            period: Period::None,
+            period_start: 0,
+        };
+        let quota = quotas::get_or_insert(&self.pool, &fresh).await?;
+        let cell = self.users.entry(key).or_insert_with(|| Arc::new(Mutex::new(Account { rate: None, quota })));
+        Ok(Arc::clone(&cell))
+    }
+
+    /// The quota of (org, provider), if the org has one.
+    pub async fn org(&self, org: Uuid, provider: &str) -> Result<Option<OrgCell>, ApiError> {
+        let key = (org, provider.to_string());
+        if let Some(cell) = self.orgs.get(&key) {
+            return Ok(cell.clone());
+        }
+        let quota = quotas::get(&self.pool, OwnerType::Org, org, provider).await?;
+        let cell = self.orgs.entry(key).or_insert_with(|| quota.map(|q| Arc::new(Mutex::new(q))));
+        Ok(cell.clone())
+    }
+
+    /// Applies an admin's new limit and period (the database already has them).
+    pub async fn apply_quota(&self, quota: &Quota) -> Result<(), ApiError> {
+        match quota.owner_type {
+            OwnerType::User => {
+                let cell = self.account(quota.owner_id, &quota.provider).await?;
+                let mut account = lock(&cell);
+                account.quota.limit = quota.limit;
+                account.quota.period = quota.period;
+            }
+            OwnerType::Org => {
+                let key = (quota.owner_id, quota.provider.clone());
+                let cell = self.orgs.entry(key).or_insert(None).clone();
+                match cell {
+                    Some(cell) => {
+                        let mut q = lock(&cell);
+                        q.limit = quota.limit;
+                        q.period = quota.period;
+                    }
+                    None => {
+                        self.orgs.insert(
+                            (quota.owner_id, quota.provider.clone()),
+                            Some(Arc::new(Mutex::new(quota.clone()))),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+//! The service layer: what the routes call. No HTTP types below this line.
+
+pub mod accounts;
+pub mod api_keys;
+pub mod consume;
+pub mod login_limiter;
+pub mod rate_policies;
+pub mod saga;

@@ -1,0 +1,261 @@
+//! The one settings struct, layered: built-in defaults < `leaky.toml` < `LEAKY_*` environment
+//! (`__` separates levels: `database.url` is `LEAKY_DATABASE__URL`). Every key is documented in
+//! docs/06-configuration.md. Secrets are wrapped so they never print.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A value that must never reach a log: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// All settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP server.
+    pub server: ServerSettings,
+    /// Embedded files: the SQLite database, a generated JWT secret, the compile cache.
+    pub data_dir: PathBuf,
+    /// The ledger database.
+    pub database: DatabaseSettings,
+    /// Authentication.
+    pub auth: AuthSettings,
+    /// The policy set.
+    pub policies: PolicySettings,
+    /// The default rate policy, under the seed's names.
+    pub token: TokenSettings,
+    /// Quotas given to new users.
+    pub quota: QuotaSettings,
+    /// Logs and traces.
+    pub telemetry: TelemetrySettings,
+}
+
+/// `server.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Where the REST API listens.
+    pub addr: SocketAddr,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Longest a request may take, ms.
+    pub request_timeout_ms: u64,
+}
+
+/// `database.*`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://...`; empty means `sqlite://<data_dir>/leaky.db`.
+    pub url: Option<String>,
+}
+
+/// `auth.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 key; empty means generated into `data_dir/jwt_secret` on first start.
+    pub jwt_secret: Option<Secret>,
+    /// Access token lifetime, seconds.
+    pub jwt_ttl_seconds: u64,
+    /// The `iss` of issued tokens, checked on every request.
+    pub jwt_issuer: String,
+    /// The `aud` of issued tokens, checked on every request.
+    pub jwt_audience: String,
+    /// Failed logins allowed per username in a burst, refilled at one per `login_refill_seconds`.
+    pub login_burst: u64,
+    /// Seconds per refilled login attempt.
+    pub login_refill_seconds: u64,
+}
+
+/// `policies.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySettings {
+    /// The watched policy set: `*.wasm` components and `*.toml` bindings.
+    pub dir: PathBuf,
+}
+
+/// `token.*` (the seed's names).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSettings {
+    /// `token.bucket.*`
+    pub bucket: BucketSettings,
+}
+
+/// `token.bucket.*`: the rate policy of providers without a binding.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BucketSettings {
+    /// Tokens the limiter admits at once.
+    pub capacity: u64,
+    /// The rate of every strategy: drain, refill, tokens per second.
+    pub leak_rate_per_second: f64,
+    /// `leaky-bucket`, `token-bucket`, `fixed-window` or `sliding-window`.
+    pub strategy: String,
+    /// Window length of the window strategies.
+    pub window_seconds: u64,
+}
+
+/// `quota.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaSettings {
+    /// Tokens per provider a new user gets.
+    pub default_limit: u64,
+    /// Per-provider overrides of `default_limit`.
+    pub providers: BTreeMap<String, u64>,
+}
+
+/// `telemetry.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `json`, `pretty`, or `auto` (json when stdout is not a terminal).
+    pub log_format: String,
+    /// OTLP/gRPC collector (accepted for forward compatibility; traces are not exported yet).
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::default(),
+            data_dir: PathBuf::from("./data"),
+            database: DatabaseSettings::default(),
+            auth: AuthSettings::default(),
+            policies: PolicySettings::default(),
+            token: TokenSettings::default(),
+            quota: QuotaSettings::default(),
+            telemetry: TelemetrySettings::default(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self { addr: SocketAddr::from(([127, 0, 0, 1], 8080)), max_body_bytes: 64 * 1024, request_timeout_ms: 30_000 }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_ttl_seconds: 3600,
+            jwt_issuer: "leaky-tokens".into(),
+            jwt_audience: "leaky-tokens-api".into(),
+            login_burst: 10,
+            login_refill_seconds: 6,
+        }
+    }
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("./policies") }
+    }
+}
+
+impl Default for BucketSettings {
+    fn default() -> Self {
+        Self { capacity: 1000, leak_rate_per_second: 10.0, strategy: "leaky-bucket".into(), window_seconds: 60 }
+    }
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        Self { default_limit: 100_000, providers: BTreeMap::new() }
+    }
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self { log_format: "auto".into(), otlp_endpoint: None }
+    }
+}
+
+impl Settings {
+    /// Defaults, then `config_file` (if it exists), then the `LEAKY_*` environment.
+    pub fn load(config_file: &Path) -> Result<Self, Box<figment::Error>> {
+        Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file(config_file))
+            .merge(Env::prefixed("LEAKY_").split("__"))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The database URL, defaulting to a file in the data directory.
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("leaky.db").display()))
+    }
+
+    /// The quota a new user gets for `provider`.
+    pub fn default_quota(&self, provider: &str) -> u64 {
+        self.quota.providers.get(provider).copied().unwrap_or(self.quota.default_limit)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_defaults_file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("leaky.toml", "data_dir = \"/srv/leaky\"\n[token.bucket]\ncapacity = 50\n")?;
+            jail.set_env("LEAKY_TOKEN__BUCKET__STRATEGY", "token-bucket");
+            jail.set_env("LEAKY_SERVER__ADDR", "0.0.0.0:9000");
+            let s = Settings::load(Path::new("leaky.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(s.data_dir, PathBuf::from("/srv/leaky"));
+            assert_eq!(s.token.bucket.capacity, 50);
+            assert_eq!(s.token.bucket.strategy, "token-bucket");
+            assert_eq!(s.token.bucket.leak_rate_per_second, 10.0);
+            assert_eq!(s.server.addr.port(), 9000);
+            assert_eq!(s.database_url(), "sqlite:///srv/leaky/leaky.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_print_and_unknown_keys_are_refused() {
+        let s = Settings {
+            auth: AuthSettings { jwt_secret: Some(Secret::new("hunter2")), ..AuthSettings::default() },
+            ..Settings::default()
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("leaky.toml", "[server]\nadress = \"x\"\n")?;
+            assert!(Settings::load(Path::new("leaky.toml")).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,147 @@
+//! Building and running the application: `Application::build(settings)` wires every part on the
+//! configured backends; `run_until_stopped` serves until Ctrl-C or SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use leaky_engine::{EngineConfig, PolicyEngine};
+use leaky_store::Database;
+use leaky_store::analytics::{AnalyticsSink, SqlAnalytics};
+use leaky_store::bus::{EventBus, InProcessBus};
+use leaky_store::ledger::LedgerWriter;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::auth::{JwtKeys, hash_password, load_or_generate_jwt_secret};
+use crate::services::accounts::Accounts;
+use crate::services::api_keys::ApiKeys;
+use crate::services::consume::ConsumeService;
+use crate::services::login_limiter::LoginLimiter;
+use crate::services::rate_policies::{BoundPolicy, RatePolicies};
+use crate::services::saga::Sagas;
+use crate::settings::Settings;
+use crate::state::AppState;
+
+/// A built application, bound to its port.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    state: AppState,
+}
+
+impl Application {
+    /// Opens the database, loads the policies, starts the ledger writer and the outbox relay,
+    /// resumes unfinished purchases, and binds `server.addr` (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
+        let db = Database::open(&settings.database_url()).await.context("cannot open the database")?;
+        let engine = PolicyEngine::new(EngineConfig {
+            cache_dir: Some(settings.data_dir.join("compile-cache")),
+            ..EngineConfig::default()
+        })?;
+        let policies = Arc::new(RatePolicies::load(&engine, &settings.policies.dir, &settings.token.bucket)?);
+        let logins = LoginLimiter::new(login_policy(&engine, &settings)?);
+
+        let committed = Arc::new(Notify::new());
+        let ledger = LedgerWriter::spawn(db.pool().clone(), Arc::clone(&committed));
+        let analytics: Arc<dyn AnalyticsSink> = Arc::new(SqlAnalytics::new(db.pool().clone()));
+        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(vec![Arc::clone(&analytics)]));
+        leaky_store::outbox::spawn_relay(db.pool().clone(), bus, committed);
+
+        let defaults = settings.clone();
+        let accounts = Arc::new(Accounts::new(db.pool().clone(), move |provider| defaults.default_quota(provider)));
+        let consume = Arc::new(ConsumeService::new(Arc::clone(&accounts), Arc::clone(&policies), ledger));
+        let sagas = Arc::new(Sagas::new(db.pool().clone(), Arc::clone(&accounts)));
+        let secret = load_or_generate_jwt_secret(settings.auth.jwt_secret.as_ref(), &settings.data_dir)?;
+        let jwt = JwtKeys::new(
+            secret.expose().as_bytes(),
+            &settings.auth.jwt_issuer,
+            &settings.auth.jwt_audience,
+            settings.auth.jwt_ttl_seconds,
+        );
+
+        let state = AppState {
+            settings: Arc::new(settings),
+            api_keys: Arc::new(ApiKeys::new(db.pool().clone())),
+            db,
+            engine,
+            policies,
+            accounts,
+            consume,
+            sagas: Arc::clone(&sagas),
+            jwt: Arc::new(jwt),
+            logins: Arc::new(logins),
+            analytics,
+            metrics: crate::telemetry::metrics_handle(),
+            dummy_hash: Arc::new(hash_password("not a real password".into()).await?),
+        };
+        let resumed = sagas.resume_pending().await.map_err(|e| anyhow::anyhow!("resuming purchases: {e}"))?;
+        if resumed > 0 {
+            tracing::info!(resumed, "finished purchases left pending by the previous run");
+        }
+        crate::bootstrap::admin_from_env(&state).await?;
+
+        let listener = TcpListener::bind(state.settings.server.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", state.settings.server.addr))?;
+        let router = crate::middleware::wrap(crate::routes::router(), &state).with_state(state.clone());
+        Ok(Self { listener, router, state })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The shared state (for tests and tools).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then finishes in-flight requests.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.listener.local_addr()?, "leaky-tokens listening");
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown_signal()).await?;
+        Ok(())
+    }
+}
+
+/// The login limiter's policy: a token bucket of `auth.login_burst` attempts per username,
+/// refilled at one per `auth.login_refill_seconds`.
+fn login_policy(engine: &PolicyEngine, settings: &Settings) -> anyhow::Result<BoundPolicy> {
+    let path = settings.policies.dir.join("token-bucket.wasm");
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("cannot read {} (build the components with `cargo xtask guests`)", path.display()))?;
+    let limiter = engine.load_rate_limiter(&bytes)?;
+    let rate = 1.0 / settings.auth.login_refill_seconds.max(1) as f64;
+    let params = vec![
+        ("capacity".to_string(), settings.auth.login_burst.max(1).to_string()),
+        ("refill_rate_per_second".to_string(), rate.to_string()),
+    ];
+    let config = limiter.configure(&params)?;
+    Ok(BoundPolicy {
+        module: "token-bucket".into(),
+        strategy: limiter.strategy().into(),
+        sha256: limiter.info().sha256.clone(),
+        limiter,
+        config,
+        params,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,49 @@
+//! The application state every handler shares.
+
+use std::sync::Arc;
+
+use leaky_engine::PolicyEngine;
+use leaky_store::Database;
+use leaky_store::analytics::AnalyticsSink;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::JwtKeys;
+use crate::services::accounts::Accounts;
+use crate::services::api_keys::ApiKeys;
+use crate::services::consume::ConsumeService;
+use crate::services::login_limiter::LoginLimiter;
+use crate::services::rate_policies::RatePolicies;
+use crate::services::saga::Sagas;
+use crate::settings::Settings;
+
+/// Shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Settings in force.
+    pub settings: Arc<Settings>,
+    /// The database.
+    pub db: Database,
+    /// The policy engine.
+    pub engine: PolicyEngine,
+    /// Rate policies per provider.
+    pub policies: Arc<RatePolicies>,
+    /// The in-memory book.
+    pub accounts: Arc<Accounts>,
+    /// Decisions.
+    pub consume: Arc<ConsumeService>,
+    /// Purchases.
+    pub sagas: Arc<Sagas>,
+    /// JWT keys.
+    pub jwt: Arc<JwtKeys>,
+    /// API keys.
+    pub api_keys: Arc<ApiKeys>,
+    /// Login attempt limits.
+    pub logins: Arc<LoginLimiter>,
+    /// Analytics reports.
+    pub analytics: Arc<dyn AnalyticsSink>,
+    /// Prometheus rendering.
+    pub metrics: PrometheusHandle,
+    /// A password hash checked for unknown users, so a wrong username costs what a wrong
+    /// password does.
+    pub dummy_hash: Arc<String>,
+}

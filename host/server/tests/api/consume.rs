@@ -1,0 +1,239 @@
+//! Consume: all-or-nothing across rate limit, user quota and org quota; concurrency; analytics.
+
+use std::time::Duration;
+
+use crate::helpers::{TestApp, User, no_rate_limit, spawn_app, spawn_app_with};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn an_admitted_consume_reports_quota_and_rate_limit_with_ietf_fields() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    let r = app.consume(&user, "openai", 50).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["ratelimit-policy"].to_str().unwrap().contains("q=1000"));
+    assert!(r.headers()["ratelimit"].to_str().unwrap().contains("r=950"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["allowed"], true);
+    assert_eq!(body["tokens"], 50);
+    assert_eq!(body["quota"]["remaining"], 100_000 - 50);
+    assert_eq!(body["rateLimit"]["remaining"], 950);
+    let quota: Value = app
+        .get(&format!("/api/v1/tokens/quota?userId={}&provider=openai", user.id), Some(&user.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(quota["used"], 50);
+    assert_eq!(quota["limit"], 100_000);
+    assert_eq!(quota["rateLimit"]["strategy"], "leaky-bucket");
+    assert_eq!(quota["rateLimit"]["capacity"], 1000);
+}
+
+#[tokio::test]
+async fn invalid_consumes_are_400_and_change_nothing() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    for (provider, tokens) in [("OpenAI", 1), ("", 1), ("openai", 0), ("openai", 10_000_001)] {
+        let r = app
+            .post(
+                "/api/v1/tokens/consume",
+                Some(&user.token),
+                json!({"userId": user.id, "provider": provider, "tokens": tokens}),
+            )
+            .await;
+        assert_eq!(r.status(), 400, "{provider} {tokens}");
+    }
+    let quota: Value = app.get("/api/v1/tokens/quota?provider=openai", Some(&user.token)).await.json().await.unwrap();
+    assert_eq!(quota["used"], 0);
+}
+
+#[tokio::test]
+async fn a_rate_refusal_is_429_with_retry_after_and_spends_no_quota() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    assert_eq!(app.consume(&user, "openai", 1000).await.status(), 200);
+    let r = app.consume(&user, "openai", 10).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    // About a second (10 tokens at 10/s), less whatever leaked since the first request.
+    let wait = body["error"]["retryAfterMs"].as_u64().unwrap();
+    assert!((1..=1000).contains(&wait), "{wait}");
+    let quota: Value = app.get("/api/v1/tokens/quota?provider=openai", Some(&user.token)).await.json().await.unwrap();
+    assert_eq!(quota["used"], 1000, "the refused 10 tokens were not charged");
+    let too_big = app.consume(&user, "openai", 5000).await;
+    assert_eq!(too_big.status(), 429);
+    let body: Value = too_big.json().await.unwrap();
+    assert!(body["error"]["reason"].as_str().unwrap().contains("never"));
+}
+
+#[tokio::test]
+async fn a_quota_refusal_names_the_scope_and_spends_no_rate_capacity() {
+    let app = spawn_app_with(|s| {
+        s.token.bucket.capacity = 10;
+        s.token.bucket.leak_rate_per_second = 0.001;
+    })
+    .await;
+    let admin = app.admin().await;
+    let user = app.user().await;
+    app.set_quota(&admin, "user", user.id, "openai", 5).await;
+    assert_eq!(app.consume(&user, "openai", 5).await.status(), 200);
+    let refused = app.consume(&user, "openai", 5).await;
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    assert_eq!(body["error"]["scope"], "user");
+    // The bucket (10, barely draining) still has the 5 the refused request did not take.
+    app.set_quota(&admin, "user", user.id, "openai", 100).await;
+    assert_eq!(app.consume(&user, "openai", 5).await.status(), 200);
+    assert_eq!(app.consume(&user, "openai", 1).await.status(), 429, "and now the bucket is full");
+}
+
+/// Polls the user's report until `done` holds: events reach analytics through the outbox.
+async fn wait_for_report(app: &TestApp, user: &User, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..100 {
+        let report: Value = app
+            .get(&format!("/api/v1/analytics/report?userId={}&from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&granularity=day", user.id), Some(&user.token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if done(&report["totals"]) {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("analytics never reached the expected totals");
+}
+
+#[tokio::test]
+async fn two_thousand_concurrent_consumes_against_a_thousand_token_quota() {
+    let app = spawn_app_with(no_rate_limit).await;
+    let admin = app.admin().await;
+    let user = app.user().await;
+    app.set_quota(&admin, "user", user.id, "openai", 1000).await;
+    let tasks: Vec<_> = (0..2000)
+        .map(|_| {
+            let (client, url, user) = (app.client.clone(), app.url("/api/v1/tokens/consume"), user.clone());
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(&user.token)
+                    .json(&json!({"userId": user.id, "provider": "openai", "tokens": 1}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap().as_u16() {
+            200 => ok += 1,
+            429 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((ok, refused), (1000, 1000));
+    let quota: Value = app.get("/api/v1/tokens/quota?provider=openai", Some(&user.token)).await.json().await.unwrap();
+    assert_eq!(quota["used"], 1000);
+    assert_eq!(leaky_store::ledger::consumed(&app.pool, user.id, "openai").await.unwrap(), 1000);
+    let report = wait_for_report(&app, &user, |t| t["requests"] == 1000 && t["quotaRejected"] == 1000).await;
+    assert_eq!(report["totals"]["tokens"], 1000);
+    assert_eq!(report["totals"]["quotaRejected"], 1000);
+    assert_eq!(report["byProvider"][0]["provider"], "openai");
+    assert_eq!(report["series"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_org_quota_shared_by_five_users_is_never_exceeded() {
+    let app = spawn_app_with(no_rate_limit).await;
+    let admin = app.admin().await;
+    let org: Value = app.post("/api/v1/orgs", Some(&admin.token), json!({"name": "acme"})).await.json().await.unwrap();
+    let org_id = org["orgId"].as_str().unwrap().to_string();
+    let mut users = Vec::new();
+    for _ in 0..5 {
+        let user = app.user().await;
+        let r =
+            app.post(&format!("/api/v1/orgs/{org_id}/members"), Some(&admin.token), json!({"userId": user.id})).await;
+        assert_eq!(r.status(), 204);
+        users.push(user);
+    }
+    app.set_quota(&admin, "org", org_id.parse().unwrap(), "openai", 300).await;
+    let tasks: Vec<_> = users
+        .iter()
+        .flat_map(|u| std::iter::repeat_n(u.clone(), 100))
+        .map(|user| {
+            let (client, url) = (app.client.clone(), app.url("/api/v1/tokens/consume"));
+            tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .bearer_auth(&user.token)
+                    .json(&json!({"userId": user.id, "provider": "openai", "tokens": 1}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.unwrap();
+                (status, body["error"]["scope"].as_str().map(String::from))
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _) => ok += 1,
+            (429, Some(scope)) => assert_eq!(scope, "org"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(ok, 300);
+    let quotas: Value = app
+        .get(&format!("/api/v1/quotas?ownerType=org&ownerId={org_id}"), Some(&admin.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(quotas[0]["limit"], 300);
+    let org_report: Value = app
+        .get(
+            &format!("/api/v1/analytics/report?orgId={org_id}&from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"),
+            Some(&admin.token),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(org_report["totals"]["requests"].as_i64().unwrap() <= 300);
+}
+
+#[tokio::test]
+async fn users_see_only_their_own_analytics() {
+    let app = spawn_app().await;
+    let (alice, bob) = (app.user().await, app.user().await);
+    assert_eq!(app.consume(&alice, "openai", 7).await.status(), 200);
+    let report = wait_for_report(&app, &alice, |t| t["requests"] == 1).await;
+    assert_eq!(report["totals"]["tokens"], 7);
+    let r = app
+        .get(
+            &format!("/api/v1/analytics/report?userId={}&from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z", alice.id),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    let r =
+        app.get("/api/v1/analytics/report?from=2100-01-01T00:00:00Z&to=2000-01-01T00:00:00Z", Some(&bob.token)).await;
+    assert_eq!(r.status(), 400);
+    let admin = app.admin().await;
+    let r = app
+        .get(
+            &format!("/api/v1/analytics/report?userId={}&from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z", alice.id),
+            Some(&admin.token),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}

@@ -1,0 +1,145 @@
+//! `spawn_app` and a small client for the API tests.
+
+use std::path::PathBuf;
+
+use leaky_server::settings::{Secret, Settings};
+use leaky_server::{Application, bootstrap};
+use reqwest::{Client, Response};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A running app and what tests need to reach it.
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    pub pool: sqlx::SqlitePool,
+    _data: tempfile::TempDir,
+}
+
+/// The workspace's built policies.
+fn policies_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    assert!(dir.join("leaky-bucket.wasm").exists(), "build the components first: `cargo xtask guests`");
+    dir
+}
+
+/// Settings for a test: port 0, a fresh data directory, the workspace's policies.
+pub fn test_settings(data: &std::path::Path) -> Settings {
+    let mut s = Settings::default();
+    s.server.addr = "127.0.0.1:0".parse().expect("addr");
+    s.data_dir = data.to_path_buf();
+    s.policies.dir = policies_dir();
+    s.auth.jwt_secret = Some(Secret::new("a test secret of at least thirty-two characters"));
+    s
+}
+
+/// Spawns the app with default test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns the app after `adjust` changed the settings.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut settings = test_settings(data.path());
+    adjust(&mut settings);
+    let app = Application::build(settings).await.expect("app builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let pool = app.state().db.pool().clone();
+    tokio::spawn(app.run_until_stopped());
+    TestApp { base, client: Client::new(), pool, _data: data }
+}
+
+/// A registered, logged-in user.
+#[derive(Clone)]
+pub struct User {
+    pub id: Uuid,
+    pub token: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        let mut req = self.client.post(self.url(path)).json(&body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut req = self.client.get(self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Response {
+        self.client.put(self.url(path)).bearer_auth(token).json(&body).send().await.expect("request sent")
+    }
+
+    /// Registers and logs in a fresh user.
+    pub async fn user(&self) -> User {
+        let name = format!("u{}", Uuid::new_v4().simple());
+        let r = self
+            .post(
+                "/api/v1/auth/register",
+                None,
+                json!({"username": name, "email": format!("{name}@example.com"), "password": "correct horse"}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "register");
+        self.login(&name, "correct horse").await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> User {
+        let r = self.post("/api/v1/auth/login", None, json!({"username": username, "password": password})).await;
+        assert_eq!(r.status(), 200, "login");
+        let body: Value = r.json().await.expect("json");
+        User {
+            id: body["userId"].as_str().expect("userId").parse().expect("uuid"),
+            token: body["accessToken"].as_str().expect("token").into(),
+        }
+    }
+
+    /// An admin made the way an operator makes one.
+    pub async fn admin(&self) -> User {
+        let name = format!("admin{}", Uuid::new_v4().simple());
+        bootstrap::create_admin(&self.pool, &name, "admin password").await.expect("admin");
+        self.login(&name, "admin password").await
+    }
+
+    /// Consumes `tokens` for `user` as that user.
+    pub async fn consume(&self, user: &User, provider: &str, tokens: u64) -> Response {
+        self.post(
+            "/api/v1/tokens/consume",
+            Some(&user.token),
+            json!({"userId": user.id, "provider": provider, "tokens": tokens}),
+        )
+        .await
+    }
+
+    /// Sets a quota as `admin`.
+    pub async fn set_quota(&self, admin: &User, owner_type: &str, owner: Uuid, provider: &str, limit: i64) {
+        let r = self
+            .put("/api/v1/quotas", &admin.token, json!({"ownerType": owner_type, "ownerId": owner, "provider": provider, "limit": limit, "period": "none"}))
+            .await;
+        assert_eq!(r.status(), 200, "set quota: {:?}", r.text().await);
+    }
+
+    /// The error code of an error answer.
+    pub async fn error_code(r: Response) -> String {
+        let body: Value = r.json().await.expect("json error");
+        body["error"]["code"].as_str().expect("error.code").to_string()
+    }
+}
+
+/// Settings with a rate limit too generous to interfere.
+pub fn no_rate_limit(s: &mut Settings) {
+    s.token.bucket.capacity = 1_000_000_000;
+    s.token.bucket.leak_rate_per_second = 1_000_000_000.0;
+}

@@ -1,0 +1,10 @@
+//! The REST API, spawned for real on port 0 with a fresh SQLite file per test.
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns unwrap too
+
+mod helpers;
+
+mod admin;
+mod auth;
+mod consume;
+mod operations;
+mod purchase;

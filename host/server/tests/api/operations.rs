@@ -1,0 +1,106 @@
+//! Health, readiness, metrics, status, OpenAPI, request ids, error format.
+
+use crate::helpers::spawn_app;
+use serde_json::Value;
+
+#[tokio::test]
+async fn health_ready_and_status_answer() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/health/live", None).await.status(), 200);
+    let ready = app.get("/health/ready", None).await;
+    assert_eq!(ready.status(), 200);
+    let status: Value = app.get("/api/v1/tokens/status", None).await.json().await.unwrap();
+    assert_eq!(status["status"], "UP");
+    let policies = status["policies"].as_array().unwrap();
+    assert!(policies.iter().any(|p| p["provider"] == "*" && p["module"] == "leaky-bucket"), "{status}");
+    assert_eq!(policies[0]["version"].as_str().unwrap().len(), 64, "versions are sha256");
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_http_and_consume_series() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    assert_eq!(app.consume(&user, "openai", 5).await.status(), 200);
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(text.contains("http_server_request_duration_seconds"), "{text}");
+    assert!(text.contains("leaky_consume_total{outcome=\"allowed\"}"), "{text}");
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route() {
+    let app = spawn_app().await;
+    let doc: Value = app.get("/api/v1/openapi.json", None).await.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/auth/me",
+        "/api/v1/auth/api-keys",
+        "/api/v1/auth/api-keys/{id}",
+        "/api/v1/tokens/status",
+        "/api/v1/tokens/quota",
+        "/api/v1/tokens/consume",
+        "/api/v1/tokens/purchase",
+        "/api/v1/tokens/purchases/{id}",
+        "/api/v1/orgs",
+        "/api/v1/orgs/{org_id}/members",
+        "/api/v1/quotas",
+        "/api/v1/users/{user_id}/roles",
+        "/api/v1/analytics/report",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing from the document");
+    }
+    let ui = app.get("/docs", None).await.text().await.unwrap();
+    assert!(ui.contains("/api/v1/openapi.json"));
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_made() {
+    let app = spawn_app().await;
+    let r = app.client.get(app.url("/health/live")).header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let r = app.get("/health/live", None).await;
+    assert!(!r.headers()["x-request-id"].is_empty());
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_bodies_are_400_and_413_in_the_error_format() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request");
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .header("content-type", "application/json")
+        .body(format!("{{\"username\": \"{}\"}}", "x".repeat(200_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    let user = app.user().await;
+    let r = app.get("/api/v1/tokens/purchases/not-a-uuid", Some(&user.token)).await;
+    assert_eq!(r.status(), 400);
+    let r = app
+        .client
+        .post(app.url("/api/v1/tokens/consume"))
+        .bearer_auth(&user.token)
+        .json(&serde_json::json!({"userId": user.id, "provider": "openai", "tokens": "many"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

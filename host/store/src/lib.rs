@@ -1,0 +1,26 @@
+//! Leaky Tokens persistence, on SQLite by default (a file in the data directory).
+//!
+//! - [`Database`] opens the pool (WAL, full sync, foreign keys) and applies the migrations.
+//! - Repositories, one concern each: [`users`], [`api_keys`], [`orgs`], [`quotas`],
+//!   [`purchases`] (with saga steps, payments and idempotency keys).
+//! - [`ledger`]: the group-commit writer. Debits and their outbox events are written in one
+//!   transaction, many requests per transaction, and a caller is answered only after its
+//!   transaction committed.
+//! - [`outbox`] relays committed events to an [`bus::EventBus`] at least once; the
+//!   [`analytics`] sink deduplicates them by event id.
+
+pub mod analytics;
+pub mod api_keys;
+pub mod bus;
+mod database;
+mod error;
+pub mod events;
+pub mod ledger;
+pub mod orgs;
+pub mod outbox;
+pub mod purchases;
+pub mod quotas;
+pub mod users;
+
+pub use database::{Database, now_ms};
+pub use error::StoreError;

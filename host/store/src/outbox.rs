@@ -1,0 +1,63 @@
+//! The outbox relay: publishes committed events, in commit order, at least once.
+//!
+//! Events are marked published only after the bus accepted them, so a crash in between
+//! publishes them again; consumers deduplicate by event id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{Row, SqlitePool};
+use tokio::sync::Notify;
+
+use crate::bus::EventBus;
+use crate::events::Event;
+use crate::{StoreError, now_ms};
+
+/// Events relayed per round.
+const BATCH: i64 = 1000;
+
+/// Publishes one batch of unpublished events; returns how many.
+pub async fn relay_once(pool: &SqlitePool, bus: &dyn EventBus) -> Result<usize, StoreError> {
+    let rows = sqlx::query("SELECT seq, payload FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?")
+        .bind(BATCH)
+        .fetch_all(pool)
+        .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut events = Vec::with_capacity(rows.len());
+    let mut last_seq = 0i64;
+    for row in &rows {
+        last_seq = row.try_get("seq")?;
+        let payload: String = row.try_get("payload")?;
+        events.push(serde_json::from_str::<Event>(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+    }
+    bus.publish(&events).await?;
+    sqlx::query("UPDATE outbox SET published_at = ? WHERE published_at IS NULL AND seq <= ?")
+        .bind(now_ms())
+        .bind(last_seq)
+        .execute(pool)
+        .await?;
+    metrics::counter!("leaky_outbox_relayed_total").increment(events.len() as u64);
+    Ok(events.len())
+}
+
+/// Relays forever: after every ledger commit, and at least every half second.
+pub fn spawn_relay(pool: SqlitePool, bus: Arc<dyn EventBus>, committed: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let wake = committed.notified();
+            match relay_once(&pool, bus.as_ref()).await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "outbox relay failed; retrying"),
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), wake).await;
+        }
+    })
+}
+
+/// Events not yet published (for readiness and tests).
+pub async fn pending(pool: &SqlitePool) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL").fetch_one(pool).await?)
+}

@@ -1,0 +1,262 @@
+//! Quotas: how many tokens an owner (a user or an org) may spend per provider and period.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{Row, SqlitePool};
+use uuid::Uuid;
+
+use crate::users::parse_uuid;
+use crate::{StoreError, now_ms};
+
+/// Who a quota belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerType {
+    /// One user.
+    User,
+    /// An org, shared by its members.
+    Org,
+}
+
+impl OwnerType {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Org => "org",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "user" => Ok(Self::User),
+            "org" => Ok(Self::Org),
+            other => Err(StoreError::Corrupt(format!("owner type {other:?}"))),
+        }
+    }
+}
+
+/// When `used` starts again from zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    /// Never: a lifetime allowance.
+    None,
+    /// At 00:00 UTC every day.
+    Daily,
+    /// At 00:00 UTC on the first of every month.
+    Monthly,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+impl Period {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Daily => "daily",
+            Self::Monthly => "monthly",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "none" => Ok(Self::None),
+            "daily" => Ok(Self::Daily),
+            "monthly" => Ok(Self::Monthly),
+            other => Err(StoreError::Corrupt(format!("period {other:?}"))),
+        }
+    }
+
+    /// Start of the period holding `now_ms` (0 for [`Period::None`]).
+    pub fn start(self, now_ms: i64) -> i64 {
+        match self {
+            Self::None => 0,
+            Self::Daily => now_ms - now_ms.rem_euclid(DAY_MS),
+            Self::Monthly => month_start(now_ms),
+        }
+    }
+
+    /// When the period that started at `start` ends (`None` for [`Period::None`]).
+    pub fn end(self, start: i64) -> Option<i64> {
+        match self {
+            Self::None => None,
+            Self::Daily => Some(start + DAY_MS),
+            Self::Monthly => Some(month_start(start + 32 * DAY_MS)),
+        }
+    }
+}
+
+fn month_start(ms: i64) -> i64 {
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else { return 0 };
+    let first = at.date().replace_day(1).unwrap_or(at.date());
+    first.midnight().assume_utc().unix_timestamp() * 1000
+}
+
+/// One quota.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// User or org.
+    pub owner_type: OwnerType,
+    /// The user's or org's id.
+    pub owner_id: Uuid,
+    /// The provider it applies to.
+    pub provider: String,
+    /// Tokens allowed per period.
+    pub limit: i64,
+    /// Tokens spent in the current period.
+    pub used: i64,
+    /// The reset period.
+    pub period: Period,
+    /// Start of the period `used` counts, ms.
+    pub period_start: i64,
+}
+
+impl Quota {
+    /// Starts a new period when `now_ms` is past the current one.
+    pub fn roll(&mut self, now_ms: i64) {
+        let start = self.period.start(now_ms);
+        if start > self.period_start {
+            self.used = 0;
+            self.period_start = start;
+        }
+    }
+
+    /// Tokens left in the current period.
+    pub fn remaining(&self) -> i64 {
+        (self.limit - self.used).max(0)
+    }
+
+    /// When the current period ends, if it ever does.
+    pub fn reset_at(&self) -> Option<i64> {
+        self.period.end(self.period_start)
+    }
+}
+
+fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Quota, StoreError> {
+    Ok(Quota {
+        owner_type: OwnerType::parse(&row.try_get::<String, _>("owner_type")?)?,
+        owner_id: parse_uuid(&row.try_get::<String, _>("owner_id")?)?,
+        provider: row.try_get("provider")?,
+        limit: row.try_get("quota_limit")?,
+        used: row.try_get("used")?,
+        period: Period::parse(&row.try_get::<String, _>("period")?)?,
+        period_start: row.try_get("period_start")?,
+    })
+}
+
+/// The quota of an owner for a provider.
+pub async fn get(
+    pool: &SqlitePool,
+    owner: OwnerType,
+    owner_id: Uuid,
+    provider: &str,
+) -> Result<Option<Quota>, StoreError> {
+    let row = sqlx::query("SELECT * FROM quotas WHERE owner_type = ? AND owner_id = ? AND provider = ?")
+        .bind(owner.as_str())
+        .bind(owner_id.to_string())
+        .bind(provider)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Stores `quota` unless the owner already has one for that provider; returns the stored one.
+pub async fn get_or_insert(pool: &SqlitePool, quota: &Quota) -> Result<Quota, StoreError> {
+    sqlx::query(
+        "INSERT OR IGNORE INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) \
+         VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+    )
+    .bind(quota.owner_type.as_str())
+    .bind(quota.owner_id.to_string())
+    .bind(&quota.provider)
+    .bind(quota.limit)
+    .bind(quota.period.as_str())
+    .bind(quota.period_start)
+    .bind(now_ms())
+    .execute(pool)
+    .await?;
+    get(pool, quota.owner_type, quota.owner_id, &quota.provider)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("quota vanished after insert".into()))
+}
+
+/// Sets the limit and period of a quota, creating it if needed; `used` is kept.
+pub async fn put(
+    pool: &SqlitePool,
+    owner: OwnerType,
+    owner_id: Uuid,
+    provider: &str,
+    limit: i64,
+    period: Period,
+) -> Result<Quota, StoreError> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7) \
+         ON CONFLICT (owner_type, owner_id, provider) DO UPDATE SET quota_limit = ?4, period = ?5, updated_at = ?7",
+    )
+    .bind(owner.as_str())
+    .bind(owner_id.to_string())
+    .bind(provider)
+    .bind(limit)
+    .bind(period.as_str())
+    .bind(period.start(now))
+    .bind(now)
+    .execute(pool)
+    .await?;
+    get(pool, owner, owner_id, provider).await?.ok_or_else(|| StoreError::Corrupt("quota vanished after upsert".into()))
+}
+
+/// Every quota of an owner.
+pub async fn list(pool: &SqlitePool, owner: OwnerType, owner_id: Uuid) -> Result<Vec<Quota>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM quotas WHERE owner_type = ? AND owner_id = ? ORDER BY provider")
+        .bind(owner.as_str())
+        .bind(owner_id.to_string())
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Adds `tokens` of spending in the period starting `period_start` (a later period resets).
+pub(crate) async fn add_used(
+    conn: &mut sqlx::SqliteConnection,
+    owner: OwnerType,
+    owner_id: Uuid,
+    provider: &str,
+    tokens: i64,
+    period_start: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE quotas SET used = CASE WHEN period_start = ?1 THEN used + ?2 ELSE ?2 END, period_start = ?1, updated_at = ?3 \
+         WHERE owner_type = ?4 AND owner_id = ?5 AND provider = ?6 AND period_start <= ?1",
+    )
+    .bind(period_start)
+    .bind(tokens)
+    .bind(now_ms())
+    .bind(owner.as_str())
+    .bind(owner_id.to_string())
+    .bind(provider)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Raises a quota's limit by `tokens` (a purchase).
+pub(crate) async fn add_limit(
+    conn: &mut sqlx::SqliteConnection,
+    owner_id: Uuid,
+    provider: &str,
+    tokens: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE quotas SET quota_limit = quota_limit + ?, updated_at = ? WHERE owner_type = 'user' AND owner_id = ? AND provider = ?",
+    )
+    .bind(tokens)
+    .bind(now_ms())
+    .bind(owner_id.to_string())
+    .bind(provider)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
