@@ -2,8 +2,8 @@
 //!
 //! - `cargo xtask guests`: add the `wasm32-wasip2` target when missing and build every policy
 //!   component, size-optimised, into `policies/` (hostile fixtures into `guests/fixtures/wasm/`).
-//! - `cargo xtask run [-- ARGS]`: build the guests, then run `leaky ARGS` (by default: check
-//!   every policy in `policies/` and replay the example trace through the leaky bucket).
+//! - `cargo xtask run [-- ARGS]`: build the guests, then run `leaky ARGS` (by default
+//!   `leaky serve`: the service on its embedded defaults, on 127.0.0.1:8080).
 //! - `cargo xtask test`: build the guests, then run the whole workspace's tests.
 //! - `cargo xtask bench`: build the guests, then run the criterion benchmarks.
 
@@ -25,7 +25,7 @@ struct Cli {
 enum Task {
     /// Build every policy component and hostile fixture.
     Guests,
-    /// Build the guests, then run the `leaky` command (a demo of the engine by default).
+    /// Build the guests, then run the `leaky` command (`leaky serve` by default).
     Run {
         /// Arguments for `leaky` (after `--`).
         #[arg(last = true)]
@@ -51,7 +51,7 @@ fn main() -> Result<()> {
         Task::Guests => guests::build(&root),
         Task::Run { args } => {
             guests::build(&root)?;
-            demo(&root, &args)
+            leaky(&root, &args)
         }
         Task::Test { args } => {
             guests::build(&root)?;
@@ -80,31 +80,12 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     run(cmd.args(args))
 }
 
-/// Runs `leaky` with `args`, or, without any, checks every policy and replays the example trace.
-fn demo(root: &Path, args: &[String]) -> Result<()> {
-    let leaky = |args: &[&str]| {
-        let mut cmd = cargo(root);
-        cmd.args(["run", "--quiet", "--package", "leaky-server", "--bin", "leaky", "--"]).args(args);
-        run(&mut cmd)
-    };
-    if !args.is_empty() {
-        return leaky(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-    for policy in ["leaky-bucket", "token-bucket", "fixed-window", "sliding-window", "model-pricing"] {
-        leaky(&["policy", "check", &format!("policies/{policy}.wasm")])?;
-        println!();
-    }
-    leaky(&[
-        "policy",
-        "simulate",
-        "policies/leaky-bucket.wasm",
-        "--param",
-        "capacity=1000",
-        "--param",
-        "leak_rate_per_second=10",
-        "--trace",
-        "docs/examples/burst.csv",
-    ])
+/// Runs `leaky` with `args`; without any, `leaky serve`.
+fn leaky(root: &Path, args: &[String]) -> Result<()> {
+    let args: Vec<&str> = if args.is_empty() { vec!["serve"] } else { args.iter().map(String::as_str).collect() };
+    let mut cmd = cargo(root);
+    cmd.args(["run", "--quiet", "--package", "leaky-server", "--bin", "leaky", "--"]).args(args);
+    run(&mut cmd)
 }
 
 /// The workspace root: the parent of this crate's directory.

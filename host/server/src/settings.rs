@@ -202,12 +202,25 @@ impl Default for TelemetrySettings {
     }
 }
 
+/// `LEAKY_*` variables that are not settings keys: the log filter, the bootstrap admin, and
+/// the test suite's `LEAKY_TEST_*` switches.
+const NOT_SETTINGS: &[&str] = &["log", "bootstrap_admin"];
+
 impl Settings {
     /// Defaults, then `config_file` (if it exists), then the `LEAKY_*` environment.
     pub fn load(config_file: &Path) -> Result<Self, Box<figment::Error>> {
         Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file(config_file))
-            .merge(Env::prefixed("LEAKY_").split("__"))
+            .merge(
+                Env::prefixed("LEAKY_")
+                    .filter(|key| {
+                        !NOT_SETTINGS.iter().any(|k| {
+                            key.as_str().eq_ignore_ascii_case(k)
+                                || key.as_str().to_ascii_lowercase().starts_with("test_")
+                        })
+                    })
+                    .split("__"),
+            )
             .extract()
             .map_err(Box::new)
     }
@@ -234,6 +247,8 @@ mod tests {
             jail.create_file("leaky.toml", "data_dir = \"/srv/leaky\"\n[token.bucket]\ncapacity = 50\n")?;
             jail.set_env("LEAKY_TOKEN__BUCKET__STRATEGY", "token-bucket");
             jail.set_env("LEAKY_SERVER__ADDR", "0.0.0.0:9000");
+            jail.set_env("LEAKY_LOG", "debug");
+            jail.set_env("LEAKY_BOOTSTRAP_ADMIN", "root:password");
             let s = Settings::load(Path::new("leaky.toml")).map_err(|e| e.to_string())?;
             assert_eq!(s.data_dir, PathBuf::from("/srv/leaky"));
             assert_eq!(s.token.bucket.capacity, 50);

@@ -14,6 +14,12 @@ async fn health_ready_and_status_answer() {
     let policies = status["policies"].as_array().unwrap();
     assert!(policies.iter().any(|p| p["provider"] == "*" && p["module"] == "leaky-bucket"), "{status}");
     assert_eq!(policies[0]["version"].as_str().unwrap().len(), 64, "versions are sha256");
+    // policies/bindings.toml binds anthropic to the sliding window.
+    assert!(policies.iter().any(|p| p["provider"] == "anthropic" && p["module"] == "sliding-window"), "{status}");
+    let user = app.user().await;
+    let r: Value = app.consume(&user, "anthropic", 10).await.json().await.unwrap();
+    assert_eq!(r["rateLimit"]["strategy"], "sliding-window");
+    assert_eq!(r["rateLimit"]["capacity"], 20000);
 }
 
 #[tokio::test]
