@@ -75,7 +75,7 @@ fn ensure_target() -> Result<()> {
 }
 
 /// Where cargo puts build output (honours `CARGO_TARGET_DIR` and cargo config).
-fn target_dir(root: &Path) -> Result<PathBuf> {
+pub fn target_dir(root: &Path) -> Result<PathBuf> {
     let out = cargo(root).args(["metadata", "--format-version", "1", "--no-deps"]).output()?;
     if !out.status.success() {
         bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -6,8 +6,11 @@
 //!   `leaky serve`: the service on its embedded defaults, on 127.0.0.1:8080).
 //! - `cargo xtask test`: build the guests, then run the whole workspace's tests.
 //! - `cargo xtask bench`: build the guests, then run the criterion benchmarks.
+//! - `cargo xtask bench-http`: build the guests and a release server, then drive consume with
+//!   a load generator and print req/s and latency percentiles.
 
 mod guests;
+mod load;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -37,6 +40,21 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the guests and a release server, then load-test consume.
+    BenchHttp {
+        /// Users to spread the load over.
+        #[arg(long, default_value_t = 10_000)]
+        users: u32,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Measured seconds (after a 2 s warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Port for the server under test.
+        #[arg(long, default_value_t = 18080)]
+        port: u16,
+    },
     /// Build the guests, then run the criterion benchmarks of the engine.
     Bench {
         /// Extra arguments for criterion (after `--`).
@@ -56,6 +74,11 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             guests::build(&root)?;
             test(&root, &args)
+        }
+        Task::BenchHttp { users, connections, seconds, port } => {
+            guests::build(&root)?;
+            let target = guests::target_dir(&root)?;
+            load::bench(&root, &target, &load::Load { users, connections, seconds, port })
         }
         Task::Bench { args } => {
             guests::build(&root)?;

@@ -114,7 +114,11 @@ fn login_policy(engine: &PolicyEngine, settings: &Settings) -> anyhow::Result<Bo
     let bytes = std::fs::read(&path)
         .with_context(|| format!("cannot read {} (build the components with `cargo xtask guests`)", path.display()))?;
     let limiter = engine.load_rate_limiter(&bytes)?;
-    let rate = 1.0 / settings.auth.login_refill_seconds.max(1) as f64;
+    let refill = settings.auth.login_refill_seconds;
+    if !(1..=1000).contains(&refill) {
+        anyhow::bail!("auth.login_refill_seconds must be between 1 and 1000, got {refill}");
+    }
+    let rate = 1.0 / refill as f64;
     let params = vec![
         ("capacity".to_string(), settings.auth.login_burst.max(1).to_string()),
         ("refill_rate_per_second".to_string(), rate.to_string()),

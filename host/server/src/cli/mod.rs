@@ -52,6 +52,22 @@ enum AdminCommand {
         #[arg(long, default_value = "leaky.toml")]
         config: PathBuf,
     },
+    /// Create many users at once (staging data, load tests), all with the password read from
+    /// stdin (hashed once); prints one user id per line.
+    CreateUsers {
+        /// How many.
+        #[arg(long)]
+        count: u32,
+        /// Usernames are this prefix plus a number.
+        #[arg(long)]
+        prefix: String,
+        /// Read the password from standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// The settings file (read when it exists).
+        #[arg(long, default_value = "leaky.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +99,9 @@ impl Cli {
             Command::Migrate { config } => serve::migrate(&config),
             Command::Admin(AdminCommand::Create { username, password_stdin: _, config }) => {
                 serve::create_admin(&config, &username)
+            }
+            Command::Admin(AdminCommand::CreateUsers { count, prefix, password_stdin: _, config }) => {
+                serve::create_users(&config, count, &prefix)
             }
             Command::Policy(PolicyCommand::Check { file }) => policy_check::run(&file),
             Command::Policy(PolicyCommand::Simulate { file, params, trace }) => {

@@ -37,12 +37,37 @@ pub fn migrate(config: &Path) -> Result<()> {
     })
 }
 
+fn password_from_stdin() -> Result<String> {
+    let mut password = String::new();
+    std::io::stdin().read_to_string(&mut password).context("reading the password from stdin")?;
+    Ok(password.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Creates `count` users named `prefix1..prefixN`, printing their ids.
+pub fn create_users(config: &Path, count: u32, prefix: &str) -> Result<()> {
+    let settings = settings(config)?;
+    let password = password_from_stdin()?;
+    crate::routes::validate::password(&password).map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(&settings.data_dir)?;
+    runtime()?.block_on(async {
+        let db = leaky_store::Database::open(&settings.database_url()).await?;
+        let hash = crate::auth::hash_password(password).await?;
+        for i in 1..=count {
+            let name = format!("{prefix}{i}");
+            crate::routes::validate::username(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let user = leaky_store::users::create(db.pool(), &name, &format!("{name}@users.invalid"), &hash, &["user"])
+                .await?;
+            println!("{}", user.id);
+        }
+        Ok(())
+    })
+}
+
 /// Creates an admin with a password read from stdin.
 pub fn create_admin(config: &Path, username: &str) -> Result<()> {
     let settings = settings(config)?;
-    let mut password = String::new();
-    std::io::stdin().read_to_string(&mut password).context("reading the password from stdin")?;
-    let password = password.trim_end_matches(['\n', '\r']);
+    let password = password_from_stdin()?;
+    let password = password.as_str();
     std::fs::create_dir_all(&settings.data_dir)?;
     runtime()?.block_on(async {
         let db = leaky_store::Database::open(&settings.database_url()).await?;

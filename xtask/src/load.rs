@@ -1,0 +1,231 @@
+//! `cargo xtask bench-http`: the consume load benchmark of the service on embedded defaults.
+//!
+//! It builds the release binary, seeds users with `leaky admin create-users`, starts
+//! `leaky serve` on a fresh data directory, and drives `POST /api/v1/tokens/consume` (one token
+//! for a different user each time, round-robin over all of them) from keep-alive HTTP/1.1
+//! connections for a fixed time, as a gateway acting for its users would. It prints requests
+//! per second, the status counts and latency percentiles. The client is a minimal raw HTTP/1.1
+//! writer on a single-threaded runtime so that most of the CPU is left to the server.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::{cargo, run};
+
+/// Benchmark settings.
+pub struct Load {
+    pub users: u32,
+    pub connections: usize,
+    pub seconds: u64,
+    pub port: u16,
+}
+
+pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<()> {
+    run(cargo(root).args(["build", "--release", "--quiet", "--package", "leaky-server", "--bin", "leaky"]))?;
+    let leaky = target_dir.join("release/leaky");
+    let data = std::env::temp_dir().join(format!("leaky-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let env = |cmd: &mut Command| {
+        cmd.current_dir(root)
+            .env("LEAKY_DATA_DIR", &data)
+            .env("LEAKY_SERVER__ADDR", format!("127.0.0.1:{}", load.port))
+            .env("LEAKY_POLICIES__DIR", root.join("policies"))
+            .env("LEAKY_LOG", "warn")
+            .env("LEAKY_TELEMETRY__LOG_FORMAT", "json");
+    };
+    let with_password = |args: &[&str]| -> Result<String> {
+        let mut cmd = Command::new(&leaky);
+        env(&mut cmd);
+        let mut child = cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        child.stdin.take().context("stdin")?.write_all(b"bench password\n")?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("leaky {args:?} failed");
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    println!("seeding {} users ...", load.users);
+    with_password(&["admin", "create", "--username", "benchadmin", "--password-stdin"])?;
+    let count = load.users.to_string();
+    let users: Vec<String> =
+        with_password(&["admin", "create-users", "--count", &count, "--prefix", "benchuser", "--password-stdin"])?
+            .lines()
+            .map(String::from)
+            .collect();
+
+    let mut cmd = Command::new(&leaky);
+    env(&mut cmd);
+    let mut server = cmd.arg("serve").stdout(Stdio::null()).spawn()?;
+    let result = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(drive(load, users));
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&data);
+    result
+}
+
+async fn drive(load: &Load, users: Vec<String>) -> Result<()> {
+    let addr = format!("127.0.0.1:{}", load.port);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((200, _)) = request(&addr, "GET", "/health/ready", None, "").await {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the server did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) =
+        request(&addr, "POST", "/api/v1/auth/login", None, r#"{"username":"benchadmin","password":"bench password"}"#)
+            .await?;
+    if status != 200 {
+        bail!("login failed: {status} {body}");
+    }
+    let login: serde_json::Value = serde_json::from_str(&body)?;
+    let token = login["accessToken"].as_str().context("no token")?.to_string();
+
+    let users = Arc::new(users);
+    let warm_up = Duration::from_secs(2);
+    let measure = Duration::from_secs(load.seconds);
+    println!(
+        "{} connections, {} users, {}s warm-up, {}s measured ...",
+        load.connections,
+        users.len(),
+        warm_up.as_secs(),
+        load.seconds
+    );
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..load.connections)
+        .map(|c| {
+            let (addr, token, users) = (addr.clone(), token.clone(), Arc::clone(&users));
+            tokio::spawn(
+                async move { worker(&addr, &token, &users, c, start + warm_up, start + warm_up + measure).await },
+            )
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut statuses = BTreeMap::new();
+    for t in tasks {
+        let (lat, st) = t.await??;
+        latencies.extend(lat);
+        for (k, v) in st {
+            *statuses.entry(k).or_insert(0u64) += v;
+        }
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let total = latencies.len() as f64;
+    println!("requests:   {}", latencies.len());
+    println!("throughput: {:.0} req/s", total / measure.as_secs_f64());
+    println!("statuses:   {statuses:?}");
+    println!(
+        "latency:    p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(pct(0.5)),
+        ms(pct(0.9)),
+        ms(pct(0.99)),
+        ms(pct(1.0))
+    );
+    Ok(())
+}
+
+fn ms(micros: u32) -> f64 {
+    f64::from(micros) / 1000.0
+}
+
+type Stats = (Vec<u32>, BTreeMap<u16, u64>);
+
+async fn worker(
+    addr: &str,
+    token: &str,
+    users: &[String],
+    first: usize,
+    from: Instant,
+    until: Instant,
+) -> Result<Stats> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(8192);
+    let (mut latencies, mut statuses) = (Vec::new(), BTreeMap::new());
+    let mut i = first;
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        let user = &users[i % users.len()];
+        i += 7919; // a prime stride spreads connections over the users
+        let body = format!(r#"{{"userId":"{user}","provider":"openai","tokens":1}}"#);
+        let status = exchange(&mut stream, &mut buf, "POST", "/api/v1/tokens/consume", Some(token), &body).await?.0;
+        if now >= from {
+            latencies.push(u32::try_from(now.elapsed().as_micros()).unwrap_or(u32::MAX));
+            *statuses.entry(status).or_insert(0) += 1;
+        }
+    }
+    Ok((latencies, statuses))
+}
+
+async fn request(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut buf = Vec::new();
+    exchange(&mut stream, &mut buf, method, path, token, body).await
+}
+
+/// One keep-alive HTTP/1.1 request and its response (`Content-Length` bodies only).
+async fn exchange(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Result<(u16, String)> {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let headers = std::str::from_utf8(&buf[..end])?.to_ascii_lowercase();
+            let status: u16 = headers.get(9..12).context("no status")?.parse()?;
+            let length: usize = headers
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse())
+                .transpose()?
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    bail!("connection closed mid-response");
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let text = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
+            buf.drain(..end + 4 + length);
+            return Ok((status, text));
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
