@@ -260,3 +260,41 @@ pub(crate) async fn add_limit(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // 2026-11-29T17:31:03Z
+    const NOW: i64 = 1_795_973_463_000;
+
+    #[test]
+    fn periods_start_at_midnight_utc_and_on_the_first_of_the_month() {
+        assert_eq!(Period::None.start(NOW), 0);
+        assert_eq!(Period::None.end(0), None);
+        let day = Period::Daily.start(NOW);
+        assert_eq!(day, 1_795_910_400_000); // 2026-11-29T00:00:00Z
+        assert_eq!(Period::Daily.end(day), Some(day + DAY_MS));
+        let month = Period::Monthly.start(NOW);
+        assert_eq!(month, 1_793_491_200_000); // 2026-11-01T00:00:00Z
+        assert_eq!(Period::Monthly.end(month), Some(1_796_083_200_000)); // 2026-12-01T00:00:00Z
+    }
+
+    #[test]
+    fn rolling_into_a_new_period_starts_used_from_zero() {
+        let mut q = Quota {
+            owner_type: OwnerType::User,
+            owner_id: Uuid::nil(),
+            provider: "openai".into(),
+            limit: 10,
+            used: 7,
+            period: Period::Daily,
+            period_start: Period::Daily.start(NOW),
+        };
+        q.roll(NOW + 1000);
+        assert_eq!(q.used, 7, "same day");
+        q.roll(NOW + DAY_MS);
+        assert_eq!((q.used, q.period_start), (0, Period::Daily.start(NOW) + DAY_MS));
+        assert_eq!(q.remaining(), 10);
+    }
+}

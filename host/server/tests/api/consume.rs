@@ -237,3 +237,17 @@ async fn users_see_only_their_own_analytics() {
         .await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn new_users_get_the_default_quota_with_per_provider_overrides() {
+    let app = spawn_app_with(|s| {
+        s.quota.default_limit = 300;
+        s.quota.providers.insert("mistral".into(), 40);
+    })
+    .await;
+    let user = app.user().await;
+    let openai: Value = app.consume(&user, "openai", 1).await.json().await.unwrap();
+    assert_eq!(openai["quota"]["limit"], 300);
+    let mistral: Value = app.consume(&user, "mistral", 1).await.json().await.unwrap();
+    assert_eq!(mistral["quota"]["limit"], 40);
+}

@@ -8,3 +8,4 @@ mod auth;
 mod consume;
 mod operations;
 mod purchase;
+mod recovery;

@@ -99,3 +99,21 @@ async fn fifty_parallel_purchases_with_one_key_credit_once() {
         sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE kind = 'purchase'").fetch_one(&app.pool).await.unwrap();
     assert_eq!(credits, 1);
 }
+
+#[tokio::test]
+async fn a_second_request_while_the_first_runs_is_409_and_unknown_purchases_are_404() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    // The first request holds the key (claimed, still running).
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(format!("{}|openai|5", user.id).as_bytes()))
+    };
+    let claim = leaky_store::purchases::claim(&app.pool, user.id, "busy", &hash).await.unwrap();
+    assert_eq!(claim, leaky_store::purchases::Claim::New);
+    let r = buy(&app, &user, Some("busy"), 5).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(TestApp::error_code(r).await, "conflict");
+    let r = app.get(&format!("/api/v1/tokens/purchases/{}", uuid::Uuid::new_v4()), Some(&user.token)).await;
+    assert_eq!(r.status(), 404);
+}

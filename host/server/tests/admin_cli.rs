@@ -1,0 +1,80 @@
+//! `leaky admin create --password-stdin`, `leaky migrate` and `LEAKY_BOOTSTRAP_ADMIN`, as an
+//! operator runs them.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn leaky(data: &std::path::Path, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leaky"))
+        .args(args)
+        .env("LEAKY_DATA_DIR", data)
+        .env("LEAKY_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("leaky runs");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write");
+    child.wait_with_output().expect("exit")
+}
+
+#[tokio::test]
+async fn admins_are_created_from_stdin_and_from_the_environment() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = leaky(data.path(), &["migrate", "--config", "/nonexistent.toml"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = leaky(
+        data.path(),
+        &["admin", "create", "--username", "root", "--password-stdin", "--config", "/nonexistent.toml"],
+        "s3cret-password\n",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("admin `root` ready"));
+    let short = leaky(
+        data.path(),
+        &["admin", "create", "--username", "weak", "--password-stdin", "--config", "/nonexistent.toml"],
+        "short\n",
+    );
+    assert!(!short.status.success(), "a short password is refused");
+
+    let url = format!("sqlite://{}", data.path().join("leaky.db").display());
+    let db = leaky_store::Database::open(&url).await.expect("database");
+    let root = leaky_store::users::by_username(db.pool(), "root").await.expect("query").expect("root exists");
+    assert!(root.roles.contains(&"admin".to_string()));
+    assert!(leaky_server::auth::verify_password("s3cret-password".into(), root.password_hash).await);
+
+    // LEAKY_BOOTSTRAP_ADMIN at start.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_leaky"))
+        .args(["serve", "--config", "/nonexistent.toml"])
+        .env("LEAKY_DATA_DIR", data.path())
+        .env("LEAKY_SERVER__ADDR", format!("127.0.0.1:{port}"))
+        .env("LEAKY_POLICIES__DIR", std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies"))
+        .env("LEAKY_BOOTSTRAP_ADMIN", "boot:boot-password")
+        .env("LEAKY_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..300 {
+        if client.get(format!("http://127.0.0.1:{port}/health/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let login = client
+        .post(format!("http://127.0.0.1:{port}/api/v1/auth/login"))
+        .json(&serde_json::json!({"username": "boot", "password": "boot-password"}))
+        .send()
+        .await
+        .expect("login");
+    let status = login.status();
+    let body: serde_json::Value = login.json().await.expect("json");
+    server.kill().expect("stop");
+    let _ = server.wait();
+    assert!(ready, "the server did not become ready");
+    assert_eq!(status, 200);
+    assert!(body["roles"].as_array().expect("roles").contains(&serde_json::json!("admin")), "{body}");
+}
