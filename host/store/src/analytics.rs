@@ -116,22 +116,25 @@ fn filtered<'q>(select: &str, q: &'q ReportQuery) -> QueryBuilder<'q, Sqlite> {
 impl AnalyticsSink for SqlAnalytics {
     fn record<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            if events.is_empty() {
+                return Ok(());
+            }
             let mut tx = self.pool.begin().await?;
-            for e in events {
-                sqlx::query(
-                    "INSERT OR IGNORE INTO analytics_events (event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(e.id.to_string())
-                .bind(e.user_id.to_string())
-                .bind(e.org_id.map(|o| o.to_string()))
-                .bind(&e.provider)
-                .bind(&e.model)
-                .bind(i64::try_from(e.tokens).unwrap_or(i64::MAX))
-                .bind(e.outcome.as_str())
-                .bind(e.occurred_at)
-                .execute(&mut *tx)
-                .await?;
+            for chunk in events.chunks(2000) {
+                let mut insert = QueryBuilder::<Sqlite>::new(
+                    "INSERT OR IGNORE INTO analytics_events (event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at) ",
+                );
+                insert.push_values(chunk, |mut row, e| {
+                    row.push_bind(e.id.to_string())
+                        .push_bind(e.user_id.to_string())
+                        .push_bind(e.org_id.map(|o| o.to_string()))
+                        .push_bind(e.provider.clone())
+                        .push_bind(e.model.clone())
+                        .push_bind(i64::try_from(e.tokens).unwrap_or(i64::MAX))
+                        .push_bind(e.outcome.as_str())
+                        .push_bind(e.occurred_at);
+                });
+                insert.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())

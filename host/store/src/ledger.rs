@@ -8,16 +8,17 @@
 //! consume is never lost, and a failed transaction fails every debit in it (the caller then
 //! undoes its in-memory reservation).
 
-use sqlx::SqlitePool;
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::events::Event;
-use crate::quotas::{self, OwnerType};
+use crate::quotas::OwnerType;
 use crate::{StoreError, now_ms};
 
-/// Most writes in one transaction.
+/// Most writes in one transaction (bounded by SQLite's 32,766 bound parameters per statement).
 pub const MAX_BATCH: usize = 2048;
 /// Writes queued before senders wait.
 const QUEUE: usize = 65_536;
@@ -102,51 +103,103 @@ async fn run(pool: SqlitePool, mut receiver: mpsc::Receiver<Write>, committed: A
     }
 }
 
+/// Commits a batch in one transaction with one statement per table: the ledger rows, the
+/// outbox rows, and the quota counters (summed per quota first, since a batch often holds
+/// several debits of one user or org).
 async fn commit(pool: &SqlitePool, batch: &[Write]) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
     let now = now_ms();
-    for write in batch {
-        match write {
-            Write::Debit(d, _) => {
-                let tokens = i64::try_from(d.tokens).unwrap_or(i64::MAX);
-                sqlx::query(
-                    "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) \
-                     VALUES (?, 'consume', ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(d.entry_id.to_string())
-                .bind(d.user_id.to_string())
-                .bind(d.org.map(|(id, _)| id.to_string()))
-                .bind(&d.provider)
-                .bind(tokens)
-                .bind(&d.request_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                quotas::add_used(&mut tx, OwnerType::User, d.user_id, &d.provider, tokens, d.user_period_start).await?;
-                if let Some((org, start)) = d.org {
-                    quotas::add_used(&mut tx, OwnerType::Org, org, &d.provider, tokens, start).await?;
-                }
-                insert_event(&mut tx, &d.event).await?;
-            }
-            Write::Event(event) => insert_event(&mut tx, event).await?,
+    let debits: Vec<&Debit> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Debit(d, _) => Some(d),
+            Write::Event(_) => None,
+        })
+        .collect();
+    let events: Vec<&Event> = batch
+        .iter()
+        .map(|w| match w {
+            Write::Debit(d, _) => &d.event,
+            Write::Event(e) => e,
+        })
+        .collect();
+    let mut spent: BTreeMap<(OwnerType, Uuid, &str, i64), i64> = BTreeMap::new();
+    for d in &debits {
+        let tokens = i64::try_from(d.tokens).unwrap_or(i64::MAX);
+        *spent.entry((OwnerType::User, d.user_id, d.provider.as_str(), d.user_period_start)).or_default() += tokens;
+        if let Some((org, start)) = d.org {
+            *spent.entry((OwnerType::Org, org, d.provider.as_str(), start)).or_default() += tokens;
         }
     }
+
+    let mut tx = pool.begin().await?;
+    if !debits.is_empty() {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ",
+        );
+        insert.push_values(&debits, |mut row, d| {
+            row.push_bind(d.entry_id.to_string())
+                .push_bind("consume")
+                .push_bind(d.user_id.to_string())
+                .push_bind(d.org.map(|(id, _)| id.to_string()))
+                .push_bind(d.provider.clone())
+                .push_bind(i64::try_from(d.tokens).unwrap_or(i64::MAX))
+                .push_bind(d.request_id.clone())
+                .push_bind(now);
+        });
+        insert.build().execute(&mut *tx).await?;
+
+        // Counters move by the batch's sum; a debit of a later period restarts them, and a debit of
+        // an earlier period than the stored one (a batch racing midnight) is not counted twice.
+        let mut update =
+            QueryBuilder::<Sqlite>::new("WITH spent(owner_type, owner_id, provider, tokens, period_start) AS (");
+        update.push_values(&spent, |mut row, ((owner, id, provider, start), tokens)| {
+            row.push_bind(owner.as_str())
+                .push_bind(id.to_string())
+                .push_bind(provider.to_string())
+                .push_bind(*tokens)
+                .push_bind(*start);
+        });
+        update.push(
+            ") UPDATE quotas SET \
+               used = CASE WHEN quotas.period_start = spent.period_start THEN quotas.used + spent.tokens ELSE spent.tokens END, \
+               period_start = spent.period_start, updated_at = ",
+        );
+        update.push_bind(now);
+        update.push(
+            " FROM spent WHERE quotas.owner_type = spent.owner_type AND quotas.owner_id = spent.owner_id \
+               AND quotas.provider = spent.provider AND quotas.period_start <= spent.period_start",
+        );
+        update.build().execute(&mut *tx).await?;
+    }
+    insert_events(&mut tx, &events, now).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Writes events to the outbox in one statement, in the caller's transaction.
+async fn insert_events(conn: &mut sqlx::SqliteConnection, events: &[&Event], now: i64) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let payloads = events
+        .iter()
+        .map(|e| serde_json::to_string(e).map_err(|err| StoreError::Corrupt(err.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO outbox (event_id, topic, key, payload, created_at) ");
+    insert.push_values(events.iter().zip(payloads), |mut row, (e, payload)| {
+        row.push_bind(e.id.to_string())
+            .push_bind(e.topic())
+            .push_bind(e.user_id.to_string())
+            .push_bind(payload)
+            .push_bind(now);
+    });
+    insert.build().execute(conn).await?;
     Ok(())
 }
 
 /// Writes an event to the outbox, in the caller's transaction.
 pub(crate) async fn insert_event(conn: &mut sqlx::SqliteConnection, event: &Event) -> Result<(), StoreError> {
-    let payload = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    sqlx::query("INSERT INTO outbox (event_id, topic, key, payload, created_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(event.id.to_string())
-        .bind(event.topic())
-        .bind(event.user_id.to_string())
-        .bind(payload)
-        .bind(now_ms())
-        .execute(conn)
-        .await?;
-    Ok(())
+    insert_events(conn, &[event], now_ms()).await
 }
 
 /// Whether a ledger entry exists for this request id (for audits and crash tests).

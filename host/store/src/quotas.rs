@@ -8,7 +8,7 @@ use crate::users::parse_uuid;
 use crate::{StoreError, now_ms};
 
 /// Who a quota belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OwnerType {
     /// One user.
@@ -216,30 +216,6 @@ pub async fn list(pool: &SqlitePool, owner: OwnerType, owner_id: Uuid) -> Result
         .fetch_all(pool)
         .await?;
     rows.iter().map(from_row).collect()
-}
-
-/// Adds `tokens` of spending in the period starting `period_start` (a later period resets).
-pub(crate) async fn add_used(
-    conn: &mut sqlx::SqliteConnection,
-    owner: OwnerType,
-    owner_id: Uuid,
-    provider: &str,
-    tokens: i64,
-    period_start: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE quotas SET used = CASE WHEN period_start = ?1 THEN used + ?2 ELSE ?2 END, period_start = ?1, updated_at = ?3 \
-         WHERE owner_type = ?4 AND owner_id = ?5 AND provider = ?6 AND period_start <= ?1",
-    )
-    .bind(period_start)
-    .bind(tokens)
-    .bind(now_ms())
-    .bind(owner.as_str())
-    .bind(owner_id.to_string())
-    .bind(provider)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Raises a quota's limit by `tokens` (a purchase).
