@@ -45,9 +45,9 @@ impl Application {
 
         let committed = Arc::new(Notify::new());
         let ledger = LedgerWriter::spawn(db.pool().clone(), Arc::clone(&committed));
-        let analytics: Arc<dyn AnalyticsSink> = Arc::new(SqlAnalytics::new(db.pool().clone()));
+        let analytics: Arc<dyn AnalyticsSink> = Arc::new(SqlAnalytics::new(&db));
         let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(vec![Arc::clone(&analytics)]));
-        leaky_store::outbox::spawn_relay(db.pool().clone(), bus, committed);
+        leaky_store::outbox::spawn_relay(db.clone(), bus, committed);
 
         let defaults = settings.clone();
         let accounts = Arc::new(Accounts::new(db.pool().clone(), move |provider| defaults.default_quota(provider)));

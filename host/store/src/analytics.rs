@@ -86,12 +86,13 @@ pub trait AnalyticsSink: Send + Sync {
 /// The SQL sink, in the service's own database.
 pub struct SqlAnalytics {
     pool: SqlitePool,
+    readers: SqlitePool,
 }
 
 impl SqlAnalytics {
-    /// A sink on this pool.
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+    /// A sink on this database.
+    pub fn new(db: &crate::Database) -> Self {
+        Self { pool: db.pool().clone(), readers: db.readers().clone() }
     }
 }
 
@@ -151,7 +152,7 @@ impl AnalyticsSink for SqlAnalytics {
                 q,
             )
             .build()
-            .fetch_one(&self.pool)
+            .fetch_one(&self.readers)
             .await?;
             let totals = Totals {
                 tokens: totals.try_get("tokens")?,
@@ -168,7 +169,7 @@ impl AnalyticsSink for SqlAnalytics {
             series.push(" AND outcome = 'allowed' GROUP BY start ORDER BY start");
             let series = series
                 .build()
-                .fetch_all(&self.pool)
+                .fetch_all(&self.readers)
                 .await?
                 .iter()
                 .map(|r| {
@@ -183,7 +184,7 @@ impl AnalyticsSink for SqlAnalytics {
             by_provider.push(" AND outcome = 'allowed' GROUP BY provider ORDER BY provider");
             let by_provider = by_provider
                 .build()
-                .fetch_all(&self.pool)
+                .fetch_all(&self.readers)
                 .await?
                 .iter()
                 .map(|r| {

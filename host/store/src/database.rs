@@ -8,10 +8,16 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::StoreError;
 
-/// The database: a connection pool with the schema applied.
+/// The database, with the schema applied: one write connection and a pool of readers.
+///
+/// SQLite admits one writer at a time, and a writer that finds the database locked sleeps in
+/// growing steps (1, 2, 5, 10 ms, ...). Funnelling every write through one connection makes
+/// writers queue in the pool instead, so the ledger's group commits never sleep behind the
+/// outbox relay; readers (WAL mode) never wait for the writer.
 #[derive(Clone)]
 pub struct Database {
     pool: SqlitePool,
+    readers: SqlitePool,
 }
 
 impl Database {
@@ -24,19 +30,26 @@ impl Database {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let readers = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
+        Ok(Self { pool, readers })
     }
 
-    /// The connection pool.
+    /// The pool to write (and read) through: a single connection.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
+    /// Read-only connections, for queries that should not wait behind writes (reports, the
+    /// outbox relay's scan).
+    pub fn readers(&self) -> &SqlitePool {
+        &self.readers
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        sqlx::query("SELECT 1").execute(&self.readers).await.is_ok()
     }
 }
 

@@ -11,16 +11,17 @@ use tokio::sync::Notify;
 
 use crate::bus::EventBus;
 use crate::events::Event;
-use crate::{StoreError, now_ms};
+use crate::{Database, StoreError, now_ms};
 
 /// Events relayed per round.
 const BATCH: i64 = 1000;
 
 /// Publishes one batch of unpublished events; returns how many.
-pub async fn relay_once(pool: &SqlitePool, bus: &dyn EventBus) -> Result<usize, StoreError> {
+pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, StoreError> {
+    let pool = db.pool();
     let rows = sqlx::query("SELECT seq, payload FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?")
         .bind(BATCH)
-        .fetch_all(pool)
+        .fetch_all(db.readers())
         .await?;
     if rows.is_empty() {
         return Ok(0);
@@ -43,11 +44,11 @@ pub async fn relay_once(pool: &SqlitePool, bus: &dyn EventBus) -> Result<usize, 
 }
 
 /// Relays forever: after every ledger commit, and at least every half second.
-pub fn spawn_relay(pool: SqlitePool, bus: Arc<dyn EventBus>, committed: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_relay(db: Database, bus: Arc<dyn EventBus>, committed: Arc<Notify>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let wake = committed.notified();
-            match relay_once(&pool, bus.as_ref()).await {
+            match relay_once(&db, bus.as_ref()).await {
                 Ok(n) if n > 0 => continue,
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "outbox relay failed; retrying"),
