@@ -33,7 +33,9 @@ pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, Stor
         let payload: String = row.try_get("payload")?;
         events.push(serde_json::from_str::<Event>(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?);
     }
+    let started = std::time::Instant::now();
     bus.publish(&events).await?;
+    metrics::histogram!("leaky_outbox_publish_seconds").record(started.elapsed().as_secs_f64());
     sqlx::query("UPDATE outbox SET published_at = ? WHERE published_at IS NULL AND seq <= ?")
         .bind(now_ms())
         .bind(last_seq)
