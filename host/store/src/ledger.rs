@@ -60,7 +60,7 @@ impl LedgerWriter {
     /// waits on it).
     pub fn spawn(pool: SqlitePool, committed: Arc<Notify>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, receiver, committed));
+        crate::runtime::spawn(run(pool, receiver, committed));
         Self { queue }
     }
 

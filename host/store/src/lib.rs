@@ -20,6 +20,7 @@ pub mod orgs;
 pub mod outbox;
 pub mod purchases;
 pub mod quotas;
+mod runtime;
 pub mod users;
 
 pub use database::{Database, now_ms};

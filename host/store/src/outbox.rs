@@ -47,7 +47,7 @@ pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, Stor
 
 /// Relays forever: after every ledger commit, and at least every half second.
 pub fn spawn_relay(db: Database, bus: Arc<dyn EventBus>, committed: Arc<Notify>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    crate::runtime::spawn(async move {
         loop {
             let wake = committed.notified();
             match relay_once(&db, bus.as_ref()).await {
