@@ -50,7 +50,7 @@ impl Application {
         leaky_store::outbox::spawn_relay(db.clone(), bus, committed);
 
         let defaults = settings.clone();
-        let accounts = Arc::new(Accounts::new(db.pool().clone(), move |provider| defaults.default_quota(provider)));
+        let accounts = Arc::new(Accounts::new(db.clone(), move |provider| defaults.default_quota(provider)));
         let consume = Arc::new(ConsumeService::new(Arc::clone(&accounts), Arc::clone(&policies), ledger));
         let sagas = Arc::new(Sagas::new(db.pool().clone(), Arc::clone(&accounts)));
         let secret = load_or_generate_jwt_secret(settings.auth.jwt_secret.as_ref(), &settings.data_dir)?;

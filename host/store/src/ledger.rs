@@ -15,7 +15,6 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::events::Event;
-use crate::quotas::OwnerType;
 use crate::{StoreError, now_ms};
 
 /// Most writes in one transaction (bounded by SQLite's 32,766 bound parameters per statement).
@@ -38,6 +37,8 @@ pub struct Debit {
     pub tokens: u64,
     /// Start of the user's quota period the tokens count in.
     pub user_period_start: i64,
+    /// The user's limit, stored if the user's quota has no row yet (first spend on defaults).
+    pub user_limit: i64,
     /// The caller's request id, if it gave one.
     pub request_id: Option<String>,
     /// The usage event written with it.
@@ -126,21 +127,16 @@ async fn commit(pool: &SqlitePool, batch: &[Write]) -> Result<(), StoreError> {
         .collect();
     // Per quota: the newest period in the batch and the tokens spent in it. (A debit of an older
     // period, from a batch racing midnight, counts in a period that has already been reset.)
-    let mut spent: BTreeMap<(OwnerType, Uuid, &str), (i64, i64)> = BTreeMap::new();
-    let mut add = |key, start: i64, tokens: i64| {
-        let entry = spent.entry(key).or_insert((start, 0));
-        if start > entry.0 {
-            *entry = (start, 0);
-        }
-        if start == entry.0 {
-            entry.1 += tokens;
-        }
-    };
+    let mut users: BTreeMap<(Uuid, &str), Spent> = BTreeMap::new();
+    let mut orgs: BTreeMap<(Uuid, &str), Spent> = BTreeMap::new();
     for d in &debits {
         let tokens = i64::try_from(d.tokens).unwrap_or(i64::MAX);
-        add((OwnerType::User, d.user_id, d.provider.as_str()), d.user_period_start, tokens);
+        users
+            .entry((d.user_id, d.provider.as_str()))
+            .or_insert(Spent::new(d.user_limit))
+            .add(d.user_period_start, tokens);
         if let Some((org, start)) = d.org {
-            add((OwnerType::Org, org, d.provider.as_str()), start, tokens);
+            orgs.entry((org, d.provider.as_str())).or_insert(Spent::new(0)).add(start, tokens);
         }
     }
 
@@ -161,36 +157,77 @@ async fn commit(pool: &SqlitePool, batch: &[Write]) -> Result<(), StoreError> {
         });
         insert.build().execute(&mut *tx).await?;
 
-        // Counters move by the batch's sum, in one statement (each statement is a round trip to
-        // SQLite's thread, which under load costs more than the update itself). The row-value
-        // `IN` finds the quotas by primary key; a later period restarts a counter, and an
+        // Counters move by the batch's sum, one statement per owner type (each statement is a
+        // round trip to SQLite's thread). A user's first spend creates the row with its default
+        // limit, so a new user costs no write of its own. A later period restarts a counter; an
         // earlier one than stored is ignored.
-        let mut update =
-            QueryBuilder::<Sqlite>::new("WITH spent(owner_type, owner_id, provider, tokens, period_start) AS (");
-        update.push_values(&spent, |mut row, ((owner, id, provider), (start, tokens))| {
-            row.push_bind(owner.as_str())
+        let mut upsert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
+        );
+        upsert.push_values(&users, |mut row, ((id, provider), spent)| {
+            row.push_bind("user")
                 .push_bind(id.to_string())
                 .push_bind(provider.to_string())
-                .push_bind(*tokens)
-                .push_bind(*start);
+                .push_bind(spent.limit)
+                .push_bind(spent.tokens)
+                .push_bind("none")
+                .push_bind(spent.period_start)
+                .push_bind(now);
         });
-        update.push(
-            ") UPDATE quotas SET \
-               used = CASE WHEN quotas.period_start = s.period_start THEN quotas.used + s.tokens ELSE s.tokens END, \
-               period_start = s.period_start, updated_at = ",
+        upsert.push(
+            " ON CONFLICT (owner_type, owner_id, provider) DO UPDATE SET \
+               used = CASE WHEN quotas.period_start = excluded.period_start THEN quotas.used + excluded.used \
+                           WHEN quotas.period_start < excluded.period_start THEN excluded.used ELSE quotas.used END, \
+               period_start = MAX(quotas.period_start, excluded.period_start), updated_at = excluded.updated_at",
         );
-        update.push_bind(now);
-        update.push(
-            " FROM spent AS s WHERE (quotas.owner_type, quotas.owner_id, quotas.provider) IN \
-               (SELECT owner_type, owner_id, provider FROM spent) \
-             AND quotas.owner_type = s.owner_type AND quotas.owner_id = s.owner_id AND quotas.provider = s.provider \
-             AND quotas.period_start <= s.period_start",
-        );
-        update.build().execute(&mut *tx).await?;
+        upsert.build().execute(&mut *tx).await?;
+        if !orgs.is_empty() {
+            let mut update = QueryBuilder::<Sqlite>::new("WITH spent(owner_id, provider, tokens, period_start) AS (");
+            update.push_values(&orgs, |mut row, ((id, provider), spent)| {
+                row.push_bind(id.to_string())
+                    .push_bind(provider.to_string())
+                    .push_bind(spent.tokens)
+                    .push_bind(spent.period_start);
+            });
+            update.push(
+                ") UPDATE quotas SET \
+                   used = CASE WHEN quotas.period_start = s.period_start THEN quotas.used + s.tokens ELSE s.tokens END, \
+                   period_start = s.period_start, updated_at = ",
+            );
+            update.push_bind(now);
+            update.push(
+                " FROM spent AS s WHERE quotas.owner_type = 'org' AND quotas.owner_id = s.owner_id \
+                 AND quotas.provider = s.provider AND quotas.period_start <= s.period_start",
+            );
+            update.build().execute(&mut *tx).await?;
+        }
     }
     insert_events(&mut tx, &events, now).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// What a batch spends on one quota.
+struct Spent {
+    limit: i64,
+    period_start: i64,
+    tokens: i64,
+}
+
+impl Spent {
+    fn new(limit: i64) -> Self {
+        Self { limit, period_start: i64::MIN, tokens: 0 }
+    }
+
+    fn add(&mut self, period_start: i64, tokens: i64) {
+        if period_start > self.period_start {
+            self.period_start = period_start;
+            self.tokens = 0;
+        }
+        if period_start == self.period_start {
+            self.tokens += tokens;
+        }
+    }
 }
 
 /// Writes events to the outbox in one statement, in the caller's transaction.

@@ -266,9 +266,25 @@ pub async fn refund_payment(pool: &SqlitePool, id: Uuid, reason: &str) -> Result
 /// Step `credit_quota`: raises the user's quota, writes the ledger credit and the purchase
 /// event, all in one transaction. The ledger entry id is the purchase id, so a second credit
 /// of the same purchase cannot commit.
-pub async fn credit_quota(pool: &SqlitePool, purchase: &Purchase, org_id: Option<Uuid>) -> Result<(), StoreError> {
+/// `base_limit` is the user's limit to store first if its quota has no row yet.
+pub async fn credit_quota(
+    pool: &SqlitePool,
+    purchase: &Purchase,
+    org_id: Option<Uuid>,
+    base_limit: i64,
+) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     let now = now_ms();
+    sqlx::query(
+        "INSERT OR IGNORE INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) \
+         VALUES ('user', ?, ?, ?, 0, 'none', 0, ?)",
+    )
+    .bind(purchase.user_id.to_string())
+    .bind(&purchase.provider)
+    .bind(base_limit)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) VALUES (?, 'purchase', ?, ?, ?, ?, NULL, ?)",
     )

@@ -161,26 +161,6 @@ pub async fn get(
     row.as_ref().map(from_row).transpose()
 }
 
-/// Stores `quota` unless the owner already has one for that provider; returns the stored one.
-pub async fn get_or_insert(pool: &SqlitePool, quota: &Quota) -> Result<Quota, StoreError> {
-    sqlx::query(
-        "INSERT OR IGNORE INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) \
-         VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
-    )
-    .bind(quota.owner_type.as_str())
-    .bind(quota.owner_id.to_string())
-    .bind(&quota.provider)
-    .bind(quota.limit)
-    .bind(quota.period.as_str())
-    .bind(quota.period_start)
-    .bind(now_ms())
-    .execute(pool)
-    .await?;
-    get(pool, quota.owner_type, quota.owner_id, &quota.provider)
-        .await?
-        .ok_or_else(|| StoreError::Corrupt("quota vanished after insert".into()))
-}
-
 /// Sets the limit and period of a quota, creating it if needed; `used` is kept.
 pub async fn put(
     pool: &SqlitePool,

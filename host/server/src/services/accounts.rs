@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 use leaky_engine::Words;
+use leaky_store::Database;
 use leaky_store::quotas::{self, OwnerType, Period, Quota};
-use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -40,7 +40,7 @@ pub struct UserFacts {
 
 /// The book.
 pub struct Accounts {
-    pool: SqlitePool,
+    db: Database,
     users: DashMap<(Uuid, String), AccountCell>,
     orgs: DashMap<(Uuid, String), Option<OrgCell>>,
     facts: DashMap<Uuid, UserFacts>,
@@ -54,9 +54,9 @@ pub fn lock<T>(cell: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Accounts {
     /// A book over the database; `default_limit` gives a new user's quota for a provider.
-    pub fn new(pool: SqlitePool, default_limit: impl Fn(&str) -> u64 + Send + Sync + 'static) -> Self {
+    pub fn new(db: Database, default_limit: impl Fn(&str) -> u64 + Send + Sync + 'static) -> Self {
         Self {
-            pool,
+            db,
             users: DashMap::new(),
             orgs: DashMap::new(),
             facts: DashMap::new(),
@@ -69,7 +69,7 @@ impl Accounts {
         if let Some(facts) = self.facts.get(&user) {
             return Ok(Some(*facts));
         }
-        let Some(stored) = leaky_store::users::by_id(&self.pool, user).await? else { return Ok(None) };
+        let Some(stored) = leaky_store::users::by_id(self.db.readers(), user).await? else { return Ok(None) };
         let facts = UserFacts { org_id: stored.org_id };
         self.facts.insert(user, facts);
         Ok(Some(facts))
@@ -80,7 +80,8 @@ impl Accounts {
         self.facts.remove(&user);
     }
 
-    /// The account of (user, provider), loading or creating its quota with the default limit.
+    /// The account of (user, provider): its stored quota, or, for a first use, the default limit
+    /// (the row is created by the first committed debit or credit, so a new user costs no write).
     pub async fn account(&self, user: Uuid, provider: &str) -> Result<AccountCell, ApiError> {
         let key = (user, provider.to_string());
         if let Some(cell) = self.users.get(&key) {
@@ -96,7 +97,7 @@ impl Accounts {
             period: Period::None,
             period_start: 0,
         };
-        let quota = quotas::get_or_insert(&self.pool, &fresh).await?;
+        let quota = quotas::get(self.db.readers(), OwnerType::User, user, provider).await?.unwrap_or(fresh);
         let cell = self.users.entry(key).or_insert_with(|| Arc::new(Mutex::new(Account { rate: None, quota })));
         Ok(Arc::clone(&cell))
     }
@@ -107,7 +108,7 @@ impl Accounts {
         if let Some(cell) = self.orgs.get(&key) {
             return Ok(cell.clone());
         }
-        let quota = quotas::get(&self.pool, OwnerType::Org, org, provider).await?;
+        let quota = quotas::get(self.db.readers(), OwnerType::Org, org, provider).await?;
         let cell = self.orgs.entry(key).or_insert_with(|| quota.map(|q| Arc::new(Mutex::new(q))));
         Ok(cell.clone())
     }

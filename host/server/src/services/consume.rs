@@ -145,6 +145,7 @@ impl ConsumeService {
                     provider: req.provider.clone(),
                     tokens: req.tokens,
                     user_period_start: acct.quota.period_start,
+                    user_limit: acct.quota.limit,
                     request_id: req.request_id.clone(),
                     event: event(Outcome::Allowed),
                 };

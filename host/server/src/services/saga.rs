@@ -92,7 +92,8 @@ impl Sagas {
         // Load the account first: the in-memory limit is raised after the durable credit, and an
         // account loaded after the credit would already include it.
         let account = self.accounts.account(purchase.user_id, &purchase.provider).await?;
-        purchases::credit_quota(&self.pool, purchase, facts.org_id).await?;
+        let base_limit = lock(&account).quota.limit;
+        purchases::credit_quota(&self.pool, purchase, facts.org_id, base_limit).await?;
         lock(&account).quota.limit += purchase.tokens;
         Ok(())
     }
