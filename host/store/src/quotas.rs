@@ -161,7 +161,8 @@ pub async fn get(
     row.as_ref().map(from_row).transpose()
 }
 
-/// Sets the limit and period of a quota, creating it if needed; `used` is kept.
+/// Sets the limit and period of a quota, creating it if needed; `used` is kept (a new period
+/// starts now, counting what was used so far).
 pub async fn put(
     pool: &SqlitePool,
     owner: OwnerType,
@@ -174,7 +175,8 @@ pub async fn put(
     sqlx::query(
         "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) \
          VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7) \
-         ON CONFLICT (owner_type, owner_id, provider) DO UPDATE SET quota_limit = ?4, period = ?5, updated_at = ?7",
+         ON CONFLICT (owner_type, owner_id, provider) DO UPDATE SET quota_limit = ?4, period = ?5, updated_at = ?7, \
+         period_start = CASE WHEN quotas.period = ?5 THEN quotas.period_start ELSE ?6 END",
     )
     .bind(owner.as_str())
     .bind(owner_id.to_string())

@@ -121,6 +121,7 @@ impl Accounts {
                 let mut account = lock(&cell);
                 account.quota.limit = quota.limit;
                 account.quota.period = quota.period;
+                account.quota.period_start = quota.period_start;
             }
             OwnerType::Org => {
                 let key = (quota.owner_id, quota.provider.clone());
@@ -130,6 +131,7 @@ impl Accounts {
                         let mut q = lock(&cell);
                         q.limit = quota.limit;
                         q.period = quota.period;
+                        q.period_start = quota.period_start;
                     }
                     None => {
                         self.orgs.insert(

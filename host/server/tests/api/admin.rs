@@ -72,6 +72,9 @@ async fn orgs_members_quotas_and_roles() {
         "used is kept"
     );
     assert!(q["resetAt"].as_str().unwrap().ends_with("T00:00:00Z"));
+    // The new daily period starts now and counts what was used so far.
+    let after: Value = app.consume(&user, "openai", 1).await.json().await.unwrap();
+    assert_eq!(after["quota"]["used"], 31);
     let list: Value = app
         .get(&format!("/api/v1/quotas?ownerType=user&ownerId={}", user.id), Some(&admin.token))
         .await
