@@ -53,19 +53,26 @@ CREATE TABLE ledger (
     request_id  TEXT,
     created_at  INTEGER NOT NULL
 );
-CREATE INDEX ledger_by_user ON ledger(user_id, created_at);
 
--- Transactional outbox: events committed with their state change, relayed at least once.
+-- Transactional outbox: events committed with their state change, relayed at least once in
+-- `seq` order. The relay's progress is one cursor row, moved after each published batch, so
+-- relaying costs one write per batch rather than one per event. Consumers deduplicate by
+-- event id.
 CREATE TABLE outbox (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id     TEXT NOT NULL UNIQUE,
+    event_id     TEXT NOT NULL,
     topic        TEXT NOT NULL,
     key          TEXT NOT NULL,
     payload      TEXT NOT NULL,
-    created_at   INTEGER NOT NULL,
-    published_at INTEGER
+    created_at   INTEGER NOT NULL
 );
-CREATE INDEX outbox_unpublished ON outbox(seq) WHERE published_at IS NULL;
+
+CREATE TABLE outbox_cursor (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    last_seq     INTEGER NOT NULL,
+    published_at INTEGER NOT NULL
+);
+INSERT INTO outbox_cursor (id, last_seq, published_at) VALUES (1, 0, 0);
 
 CREATE TABLE purchases (
     id          TEXT PRIMARY KEY,

@@ -1,7 +1,7 @@
 //! The outbox relay: publishes committed events, in commit order, at least once.
 //!
-//! Events are marked published only after the bus accepted them, so a crash in between
-//! publishes them again; consumers deduplicate by event id.
+//! The relay's progress (the last published `seq`) moves only after the bus accepted a batch,
+//! so a crash in between publishes that batch again; consumers deduplicate by event id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,10 @@ const BATCH: i64 = 1000;
 /// Publishes one batch of unpublished events; returns how many.
 pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, StoreError> {
     let pool = db.pool();
-    let rows = sqlx::query("SELECT seq, payload FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?")
+    let cursor: i64 =
+        sqlx::query_scalar("SELECT last_seq FROM outbox_cursor WHERE id = 1").fetch_one(db.readers()).await?;
+    let rows = sqlx::query("SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
+        .bind(cursor)
         .bind(BATCH)
         .fetch_all(db.readers())
         .await?;
@@ -36,9 +39,9 @@ pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, Stor
     let started = std::time::Instant::now();
     bus.publish(&events).await?;
     metrics::histogram!("leaky_outbox_publish_seconds").record(started.elapsed().as_secs_f64());
-    sqlx::query("UPDATE outbox SET published_at = ? WHERE published_at IS NULL AND seq <= ?")
-        .bind(now_ms())
+    sqlx::query("UPDATE outbox_cursor SET last_seq = MAX(last_seq, ?), published_at = ? WHERE id = 1")
         .bind(last_seq)
+        .bind(now_ms())
         .execute(pool)
         .await?;
     metrics::counter!("leaky_outbox_relayed_total").increment(events.len() as u64);
@@ -62,5 +65,7 @@ pub fn spawn_relay(db: Database, bus: Arc<dyn EventBus>, committed: Arc<Notify>)
 
 /// Events not yet published (for readiness and tests).
 pub async fn pending(pool: &SqlitePool) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL").fetch_one(pool).await?)
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1)")
+        .fetch_one(pool)
+        .await?)
 }
