@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 404.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// 405: the route exists, the method does not.
+    #[error("this method is not allowed on this route")]
+    MethodNotAllowed,
     /// 409: a conflicting resource or a request still running.
     #[error("{0}")]
     Conflict(String),
@@ -83,6 +86,7 @@ impl ApiError {
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),

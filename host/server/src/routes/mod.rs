@@ -13,6 +13,7 @@ pub mod validate;
 use axum::Router;
 use axum::routing::{delete, get, post, put};
 
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Every route of the API.
@@ -38,4 +39,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/quotas", put(admin::put_quota).get(admin::list_quotas))
         .route("/api/v1/users/{user_id}/roles", put(admin::set_roles))
         .route("/api/v1/analytics/report", get(analytics::report))
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }

@@ -110,3 +110,16 @@ async fn malformed_and_oversized_bodies_are_400_and_413_in_the_error_format() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_the_error_format() {
+    let app = spawn_app().await;
+    let r = app.get("/api/v1/nothing-here", None).await;
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    let r = app.client.delete(app.url("/api/v1/tokens/status")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
