@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -26,12 +27,31 @@ pub fn wrap(router: Router<AppState>, state: &AppState) -> Router<AppState> {
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(settings.request_timeout_ms),
         ))
+        .layer(axum::middleware::map_response(json_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Gives a JSON error body to error answers that have none (the timeout layer's 503), so every
+/// error a client sees has the API's `{"error": {code, message}}` shape.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || response.headers().contains_key(CONTENT_TYPE) {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "the request took longer than the server allows"),
+        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long to arrive"),
+        _ => ("error", status.canonical_reason().unwrap_or("error")),
+    };
+    let (mut parts, _) = response.into_parts();
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
 }
 
 /// `http_server_request_duration_seconds` by method, route and status.

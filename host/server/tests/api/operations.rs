@@ -123,3 +123,19 @@ async fn unknown_routes_and_methods_answer_in_the_error_format() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "method_not_allowed");
 }
+
+#[tokio::test]
+async fn a_request_past_the_timeout_is_503_in_the_error_format() {
+    let app = crate::helpers::spawn_app_with(|s| s.server.request_timeout_ms = 1).await;
+    // Registering hashes a password with argon2id: far longer than a millisecond.
+    let r = app
+        .post(
+            "/api/v1/auth/register",
+            None,
+            serde_json::json!({"username": "slowpoke", "email": "s@example.com", "password": "password"}),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+}
