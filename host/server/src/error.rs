@@ -73,6 +73,10 @@ impl From<leaky_store::StoreError> for ApiError {
         match err {
             leaky_store::StoreError::Conflict(what) => Self::Conflict(format!("{what} is already taken")),
             leaky_store::StoreError::WriterGone => Self::Unavailable("the service is shutting down"),
+            leaky_store::StoreError::CommitFailed(reason) => {
+                tracing::error!(%reason, "group commit failed");
+                Self::Unavailable("the ledger could not commit; nothing was spent, retry")
+            }
             other => Self::Internal(other.into()),
         }
     }

@@ -12,6 +12,9 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The group commit holding this write failed; nothing of it was stored.
+    #[error("the ledger could not commit: {0}")]
+    CommitFailed(String),
     /// The ledger writer has stopped (the process is shutting down).
     #[error("the ledger writer has stopped")]
     WriterGone,

@@ -99,7 +99,7 @@ async fn run(pool: SqlitePool, mut receiver: mpsc::Receiver<Write>, committed: A
         }
         for write in batch.drain(..) {
             if let Write::Debit(_, done) = write {
-                let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| StoreError::Corrupt(e.to_string())));
+                let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| StoreError::CommitFailed(e.to_string())));
             }
         }
         committed.notify_waiters();

@@ -114,6 +114,7 @@ impl ConsumeService {
         };
 
         // Decide and apply under the locks: user account first, then org.
+        let mut previous_rate = None;
         let (outcome, debit) = {
             let mut acct = lock(&account);
             let mut org_quota = org.as_ref().map(|(_, cell)| lock(cell));
@@ -133,6 +134,7 @@ impl ConsumeService {
             } else if let Some(q) = org_quota.as_deref().filter(|q| q.used + cost > q.limit) {
                 (ConsumeOutcome::QuotaExhausted { scope: "org", quota: view(q), rate: decision.verdict }, None)
             } else {
+                previous_rate = Some((acct.rate, decision.state));
                 acct.rate = Some(decision.state);
                 acct.quota.used += cost;
                 if let Some(q) = org_quota.as_deref_mut() {
@@ -162,10 +164,17 @@ impl ConsumeService {
                 let period = debit.user_period_start;
                 let org_period = debit.org.map(|(_, start)| start);
                 if let Err(err) = self.ledger.debit(debit).await {
-                    // Undo the reservation: the request is refused, so it spends nothing.
+                    // Undo the reservation: the request is refused, so it spends nothing. The rate
+                    // state is put back unless another request has moved it on since (then the
+                    // limiter stays the stricter of the two, never the looser).
                     let mut acct = lock(&account);
                     if acct.quota.period_start == period {
                         acct.quota.used -= cost;
+                    }
+                    if let Some((before, applied)) = previous_rate
+                        && acct.rate == Some(applied)
+                    {
+                        acct.rate = before;
                     }
                     if let (Some((_, cell)), Some(start)) = (&org, org_period) {
                         let mut q = lock(cell);

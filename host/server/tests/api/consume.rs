@@ -251,3 +251,19 @@ async fn new_users_get_the_default_quota_with_per_provider_overrides() {
     let mistral: Value = app.consume(&user, "mistral", 1).await.json().await.unwrap();
     assert_eq!(mistral["quota"]["limit"], 40);
 }
+
+#[tokio::test]
+async fn a_failed_commit_is_503_and_spends_nothing() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    assert_eq!(app.consume(&user, "openai", 5).await.status(), 200);
+    // Break the ledger's transaction: the outbox insert now fails, so the whole batch does.
+    sqlx::query("ALTER TABLE outbox RENAME TO outbox_gone").execute(&app.pool).await.unwrap();
+    let r = app.consume(&user, "openai", 7).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(TestApp::error_code(r).await, "unavailable");
+    let quota: Value = app.get("/api/v1/tokens/quota?provider=openai", Some(&user.token)).await.json().await.unwrap();
+    assert_eq!(quota["used"], 5, "the failed debit's reservation was undone");
+    assert!(quota["rateLimit"]["remaining"].as_u64().unwrap() >= 995, "and its rate capacity: {quota}");
+    assert_eq!(leaky_store::ledger::consumed(&app.pool, user.id, "openai").await.unwrap(), 5);
+}
