@@ -17,7 +17,7 @@ use crate::services::accounts::Accounts;
 use crate::services::api_keys::ApiKeys;
 use crate::services::consume::ConsumeService;
 use crate::services::login_limiter::LoginLimiter;
-use crate::services::rate_policies::{BoundPolicy, RatePolicies};
+use crate::services::rate_policies::{BoundPolicy, RatePolicies, load_module};
 use crate::services::saga::Sagas;
 use crate::settings::Settings;
 use crate::state::AppState;
@@ -110,28 +110,16 @@ impl Application {
 /// The login limiter's policy: a token bucket of `auth.login_burst` attempts per username,
 /// refilled at one per `auth.login_refill_seconds`.
 fn login_policy(engine: &PolicyEngine, settings: &Settings) -> anyhow::Result<BoundPolicy> {
-    let path = settings.policies.dir.join("token-bucket.wasm");
-    let bytes = std::fs::read(&path)
-        .with_context(|| format!("cannot read {} (build the components with `cargo xtask guests`)", path.display()))?;
-    let limiter = engine.load_rate_limiter(&bytes)?;
     let refill = settings.auth.login_refill_seconds;
     if !(1..=1000).contains(&refill) {
         anyhow::bail!("auth.login_refill_seconds must be between 1 and 1000, got {refill}");
     }
-    let rate = 1.0 / refill as f64;
     let params = vec![
         ("capacity".to_string(), settings.auth.login_burst.max(1).to_string()),
-        ("refill_rate_per_second".to_string(), rate.to_string()),
+        ("refill_rate_per_second".to_string(), (1.0 / refill as f64).to_string()),
     ];
-    let config = limiter.configure(&params)?;
-    Ok(BoundPolicy {
-        module: "token-bucket".into(),
-        strategy: limiter.strategy().into(),
-        sha256: limiter.info().sha256.clone(),
-        limiter,
-        config,
-        params,
-    })
+    let limiter = load_module(engine, &settings.policies.dir, "token-bucket")?;
+    BoundPolicy::bind("token-bucket", limiter, params)
 }
 
 async fn shutdown_signal() {

@@ -41,10 +41,7 @@ pub async fn create_org(
     Json(body): Json<OrgBody>,
 ) -> Result<(StatusCode, axum::Json<OrgView>), ApiError> {
     caller.require_admin()?;
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::InvalidRequest("name must be 1-100 characters".into()));
-    }
+    let name = validate::label(&body.name)?;
     let org = orgs::create(state.db.pool(), name).await?;
     Ok((StatusCode::CREATED, axum::Json(OrgView { org_id: org.id, name: org.name })))
 }

@@ -183,10 +183,7 @@ pub async fn create_api_key(
     caller: Caller,
     Json(body): Json<NewKeyBody>,
 ) -> Result<(StatusCode, axum::Json<KeyView>), ApiError> {
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::InvalidRequest("name must be 1-100 characters".into()));
-    }
+    let name = validate::label(&body.name)?;
     let expires_at = body.expires_at.as_deref().map(|t| validate::parse_rfc3339("expiresAt", t)).transpose()?;
     if expires_at.is_some_and(|at| at <= leaky_store::now_ms()) {
         return Err(ApiError::InvalidRequest("expiresAt must be in the future".into()));

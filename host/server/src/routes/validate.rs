@@ -50,6 +50,15 @@ pub fn password(p: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A label (an org's or an API key's name): 1-100 characters once trimmed. Returns it trimmed.
+pub fn label(text: &str) -> Result<&str, ApiError> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 100 {
+        return Err(ApiError::InvalidRequest("name must be 1-100 characters".into()));
+    }
+    Ok(trimmed)
+}
+
 /// RFC 3339 UTC text of a millisecond time.
 pub fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

@@ -39,6 +39,30 @@ pub struct BoundPolicy {
     pub params: Vec<(String, String)>,
 }
 
+impl BoundPolicy {
+    /// Configures `limiter` (the component `module`) with `params`.
+    pub fn bind(module: &str, limiter: RateLimiter, params: Vec<(String, String)>) -> anyhow::Result<Self> {
+        let config = limiter.configure(&params).with_context(|| format!("module `{module}`"))?;
+        Ok(Self {
+            module: module.to_string(),
+            strategy: limiter.strategy().to_string(),
+            sha256: limiter.info().sha256.clone(),
+            limiter,
+            config,
+            params,
+        })
+    }
+}
+
+/// Reads `<dir>/<module>.wasm` and loads it as a rate limiter.
+pub fn load_module(engine: &PolicyEngine, dir: &Path, module: &str) -> anyhow::Result<RateLimiter> {
+    let path = dir.join(format!("{module}.wasm"));
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!("cannot read policy module {} (build the components with `cargo xtask guests`)", path.display())
+    })?;
+    engine.load_rate_limiter(&bytes).with_context(|| format!("{} was refused", path.display()))
+}
+
 /// Every binding, and the default.
 pub struct RatePolicies {
     default: Arc<BoundPolicy>,
@@ -85,28 +109,12 @@ impl RatePolicies {
             let limiter = match modules.get(module) {
                 Some(limiter) => limiter.clone(),
                 None => {
-                    let path = dir.join(format!("{module}.wasm"));
-                    let bytes = std::fs::read(&path).with_context(|| {
-                        format!(
-                            "cannot read policy module {} (build the components with `cargo xtask guests`)",
-                            path.display()
-                        )
-                    })?;
-                    let limiter =
-                        engine.load_rate_limiter(&bytes).with_context(|| format!("{} was refused", path.display()))?;
+                    let limiter = load_module(engine, dir, module)?;
                     modules.insert(module.to_string(), limiter.clone());
                     limiter
                 }
             };
-            let config = limiter.configure(&params).with_context(|| format!("module `{module}`"))?;
-            Ok(Arc::new(BoundPolicy {
-                module: module.to_string(),
-                strategy: limiter.strategy().to_string(),
-                sha256: limiter.info().sha256.clone(),
-                limiter,
-                config,
-                params,
-            }))
+            BoundPolicy::bind(module, limiter, params).map(Arc::new)
         };
         let default =
             bind(&bucket.strategy, default_params(bucket)?).context("the default rate policy (token.bucket.*)")?;
