@@ -23,6 +23,12 @@ pub enum ApiError {
     /// 403: authenticated, not allowed.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// 403 `policy_denied`: the provider's quota rule refuses the request.
+    #[error("refused by policy: {0}")]
+    PolicyDenied(String),
+    /// 400 `invalid_module`: an uploaded component is not a valid policy.
+    #[error("{0}")]
+    InvalidModule(String),
     /// 404.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -82,6 +88,19 @@ impl From<leaky_store::StoreError> for ApiError {
     }
 }
 
+impl From<crate::services::policies::PolicyError> for ApiError {
+    fn from(err: crate::services::policies::PolicyError) -> Self {
+        use crate::services::policies::PolicyError;
+        match err {
+            PolicyError::InvalidModule(reason) => Self::InvalidModule(reason),
+            PolicyError::InvalidBinding(reason) => Self::InvalidRequest(reason),
+            PolicyError::NotFound(what) => Self::NotFound(what),
+            PolicyError::Conflict(reason) => Self::Conflict(reason),
+            PolicyError::Store(err) => err.into(),
+        }
+    }
+}
+
 impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
@@ -89,6 +108,8 @@ impl ApiError {
             Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::PolicyDenied(_) => (StatusCode::FORBIDDEN, "policy_denied"),
+            Self::InvalidModule(_) => (StatusCode::BAD_REQUEST, "invalid_module"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

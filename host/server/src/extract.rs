@@ -55,3 +55,30 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
             .map_err(|e: PathRejection| ApiError::InvalidRequest(e.body_text()))
     }
 }
+
+/// The largest component body accepted (the engine refuses larger modules anyway).
+pub const MAX_COMPONENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// A component upload: the raw bytes of an `application/wasm` (or `application/octet-stream`)
+/// body of at most [`MAX_COMPONENT_BYTES`].
+pub struct ComponentBody(pub Vec<u8>);
+
+impl<S: Send + Sync> FromRequest<S> for ComponentBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        if !matches!(content_type, Some("application/wasm" | "application/octet-stream")) {
+            return Err(ApiError::InvalidRequest(
+                "a component upload needs Content-Type: application/wasm".into(),
+            ));
+        }
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Self(bytes.to_vec())),
+            Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge(MAX_COMPONENT_BYTES))
+            }
+            Err(rejection) => Err(ApiError::InvalidRequest(rejection.body_text())),
+        }
+    }
+}

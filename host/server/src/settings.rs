@@ -100,6 +100,18 @@ pub struct AuthSettings {
 pub struct PolicySettings {
     /// The watched policy set: `*.wasm` components and `*.toml` bindings.
     pub dir: PathBuf,
+    /// Whether changes to `dir` are applied while running.
+    pub watch: bool,
+    /// How often `dir` is scanned for changes (a change is applied once it has been stable
+    /// for one scan).
+    pub watch_interval_ms: u64,
+    /// How often the stored policy generation is checked, so every replica converges on a
+    /// change made through any of them.
+    pub sync_interval_ms: u64,
+    /// Longest time an uploaded component may take to compile before it is refused.
+    pub compile_timeout_ms: u64,
+    /// Where compiled components are cached (default: `compile-cache` in the data directory).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// `token.*` (the seed's names).
@@ -180,7 +192,14 @@ impl Default for AuthSettings {
 
 impl Default for PolicySettings {
     fn default() -> Self {
-        Self { dir: PathBuf::from("./policies") }
+        Self {
+            dir: PathBuf::from("./policies"),
+            watch: true,
+            watch_interval_ms: 200,
+            sync_interval_ms: 500,
+            compile_timeout_ms: 20_000,
+            cache_dir: None,
+        }
     }
 }
 
@@ -202,9 +221,10 @@ impl Default for TelemetrySettings {
     }
 }
 
-/// `LEAKY_*` variables that are not settings keys: the log filter, the bootstrap admin, and
-/// the test suite's `LEAKY_TEST_*` switches.
+/// `LEAKY_*` variables that are not settings keys: the log filter, the bootstrap admin, the
+/// test suite's `LEAKY_TEST_*` switches and the policy client's `LEAKY_CLI_*`.
 const NOT_SETTINGS: &[&str] = &["log", "bootstrap_admin"];
+const NOT_SETTINGS_PREFIXES: &[&str] = &["test_", "cli_"];
 
 impl Settings {
     /// Defaults, then `config_file` (if it exists), then the `LEAKY_*` environment.
@@ -214,10 +234,9 @@ impl Settings {
             .merge(
                 Env::prefixed("LEAKY_")
                     .filter(|key| {
-                        !NOT_SETTINGS.iter().any(|k| {
-                            key.as_str().eq_ignore_ascii_case(k)
-                                || key.as_str().to_ascii_lowercase().starts_with("test_")
-                        })
+                        let key = key.as_str().to_ascii_lowercase();
+                        !NOT_SETTINGS.contains(&key.as_str())
+                            && !NOT_SETTINGS_PREFIXES.iter().any(|prefix| key.starts_with(prefix))
                     })
                     .split("__"),
             )

@@ -17,7 +17,7 @@ use crate::services::accounts::Accounts;
 use crate::services::api_keys::ApiKeys;
 use crate::services::consume::ConsumeService;
 use crate::services::login_limiter::LoginLimiter;
-use crate::services::rate_policies::{BoundPolicy, RatePolicies, load_module};
+use crate::services::policies::{BoundPolicy, load_module};
 use crate::services::saga::Sagas;
 use crate::settings::Settings;
 use crate::state::AppState;
@@ -37,10 +37,10 @@ impl Application {
             .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
         let db = Database::open(&settings.database_url()).await.context("cannot open the database")?;
         let engine = PolicyEngine::new(EngineConfig {
-            cache_dir: Some(settings.data_dir.join("compile-cache")),
+            cache_dir: Some(settings.policies.cache_dir.clone().unwrap_or_else(|| settings.data_dir.join("compile-cache"))),
             ..EngineConfig::default()
         })?;
-        let policies = Arc::new(RatePolicies::load(&engine, &settings.policies.dir, &settings.token.bucket)?);
+        let policies = crate::services::policies::start(engine.clone(), db.clone(), &settings).await?;
         let logins = LoginLimiter::new(login_policy(&engine, &settings)?);
 
         let committed = Arc::new(Notify::new());
@@ -119,7 +119,7 @@ fn login_policy(engine: &PolicyEngine, settings: &Settings) -> anyhow::Result<Bo
         ("refill_rate_per_second".to_string(), (1.0 / refill as f64).to_string()),
     ];
     let limiter = load_module(engine, &settings.policies.dir, "token-bucket")?;
-    BoundPolicy::bind("token-bucket", limiter, params)
+    BoundPolicy::bind("token-bucket", 0, limiter, params)
 }
 
 async fn shutdown_signal() {

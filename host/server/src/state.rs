@@ -12,7 +12,7 @@ use crate::services::accounts::Accounts;
 use crate::services::api_keys::ApiKeys;
 use crate::services::consume::ConsumeService;
 use crate::services::login_limiter::LoginLimiter;
-use crate::services::rate_policies::RatePolicies;
+use crate::services::policies::PolicyRegistry;
 use crate::services::saga::Sagas;
 use crate::settings::Settings;
 
@@ -25,8 +25,8 @@ pub struct AppState {
     pub db: Database,
     /// The policy engine.
     pub engine: PolicyEngine,
-    /// Rate policies per provider.
-    pub policies: Arc<RatePolicies>,
+    /// The policies in force and their lifecycle.
+    pub policies: Arc<PolicyRegistry>,
     /// The in-memory book.
     pub accounts: Arc<Accounts>,
     /// Decisions.

@@ -2,7 +2,8 @@
 //!
 //! - [`Database`] opens the pool (WAL, full sync, foreign keys) and applies the migrations.
 //! - Repositories, one concern each: [`users`], [`api_keys`], [`orgs`], [`quotas`],
-//!   [`purchases`] (with saga steps, payments and idempotency keys).
+//!   [`purchases`] (with saga steps, payments and idempotency keys), [`policies`] (component
+//!   versions, activations and bindings).
 //! - [`ledger`]: the group-commit writer. Debits and their outbox events are written in one
 //!   transaction, many requests per transaction, and a caller is answered only after its
 //!   transaction committed.
@@ -18,6 +19,7 @@ pub mod events;
 pub mod ledger;
 pub mod orgs;
 pub mod outbox;
+pub mod policies;
 pub mod purchases;
 pub mod quotas;
 mod runtime;

@@ -6,11 +6,13 @@ pub mod analytics;
 pub mod auth;
 pub mod health;
 pub mod openapi;
+pub mod policies;
 pub mod purchases;
 pub mod tokens;
 pub mod validate;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
 
 use crate::error::ApiError;
@@ -39,6 +41,14 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/quotas", put(admin::put_quota).get(admin::list_quotas))
         .route("/api/v1/users/{user_id}/roles", put(admin::set_roles))
         .route("/api/v1/analytics/report", get(analytics::report))
+        .route("/api/v1/policies", get(policies::list))
+        .route("/api/v1/policies/bindings", get(policies::bindings).put(policies::put_bindings))
+        .route(
+            "/api/v1/policies/{name}",
+            post(policies::upload).layer(DefaultBodyLimit::max(crate::extract::MAX_COMPONENT_BYTES)),
+        )
+        .route("/api/v1/policies/{name}/activate", post(policies::activate))
+        .route("/api/v1/policies/{name}/rollback", post(policies::rollback))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }

@@ -4,7 +4,7 @@ use axum::response::Html;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, analytics, auth, health, purchases, tokens};
+use crate::routes::{admin, analytics, auth, health, policies, purchases, tokens};
 
 /// The API's description.
 #[derive(OpenApi)]
@@ -16,9 +16,10 @@ use crate::routes::{admin, analytics, auth, health, purchases, tokens};
         tokens::status, tokens::quota, tokens::consume, purchases::purchase, purchases::get_purchase,
         admin::create_org, admin::add_member, admin::put_quota, admin::list_quotas, admin::set_roles,
         analytics::report,
+        policies::list, policies::upload, policies::activate, policies::rollback, policies::bindings, policies::put_bindings,
     ),
     modifiers(&SecuritySchemes),
-    tags((name = "auth"), (name = "tokens"), (name = "admin"), (name = "analytics"), (name = "operations"))
+    tags((name = "auth"), (name = "tokens"), (name = "admin"), (name = "analytics"), (name = "policies"), (name = "operations"))
 )]
 pub struct ApiDoc;
 

@@ -14,19 +14,27 @@ use crate::extract::{Json, Query};
 use crate::routes::validate;
 use crate::services::accounts::lock;
 use crate::services::consume::{ConsumeOutcome, ConsumeRequest, QuotaView};
-use crate::services::rate_policies::BoundPolicy;
+use crate::services::policies::BoundPolicy;
 use crate::state::AppState;
 use leaky_engine::Verdict;
 
-/// A provider's rate policy in the status answer.
+/// A provider's policy in the status answer.
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct PolicyView {
     /// The provider, or `*` for the default.
     pub provider: String,
-    /// The component's name.
+    /// `rate-limiter` or `quota-rule`.
+    pub kind: &'static str,
+    /// The module's name.
     pub module: String,
+    /// The module's active version.
+    pub version: i64,
     /// The component's sha256.
-    pub version: String,
+    pub sha256: String,
+    /// The shadow module (`name@version`), if one is evaluated beside it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<String>,
 }
 
 /// The service's status.
@@ -48,9 +56,17 @@ pub struct StatusView {
 pub async fn status(State(state): State<AppState>) -> axum::Json<StatusView> {
     let policies = state
         .policies
-        .all()
+        .snapshot()
+        .describe()
         .into_iter()
-        .map(|(provider, p)| PolicyView { provider, module: p.module.clone(), version: p.sha256.clone() })
+        .map(|p| PolicyView {
+            provider: p.provider,
+            kind: p.kind,
+            module: p.module,
+            version: p.version,
+            sha256: p.sha256,
+            shadow: p.shadow.map(|(module, version)| format!("{module}@{version}")),
+        })
         .collect();
     axum::Json(StatusView {
         status: "UP",
@@ -76,6 +92,8 @@ pub struct QuotaQuery {
 pub struct RateView {
     /// The strategy.
     pub strategy: String,
+    /// The module and version deciding (`name@version`).
+    pub module: String,
     /// Most tokens admitted at once.
     pub capacity: u64,
     /// Tokens admissible now.
@@ -144,7 +162,7 @@ pub async fn quota(
     let (quota, rate_state) = {
         let mut acct = lock(&account);
         acct.quota.roll(now);
-        (acct.quota.clone(), acct.rate)
+        (acct.quota.clone(), acct.rate_for(&policy.strategy))
     };
     // A zero-token probe reads the limiter's standing without changing it.
     let probe = leaky_engine::Request { tokens: 0, now_ms: u64::try_from(now).unwrap_or(0) };
@@ -163,7 +181,8 @@ pub async fn quota(
         reset_at: quota.reset_at().map(validate::rfc3339),
         org,
         rate_limit: RateView {
-            strategy: policy.strategy.clone(),
+            strategy: policy.strategy.to_string(),
+            module: format!("{}@{}", policy.module, policy.version),
             capacity: verdict.limit,
             remaining: verdict.remaining,
             reset_after_ms: verdict.reset_after_ms,
@@ -269,13 +288,13 @@ pub async fn consume(
                 provider: body.provider,
                 tokens: body.tokens,
                 quota,
-                rate_limit: json!({ "strategy": policy.strategy, "capacity": rate.limit, "remaining": rate.remaining, "resetAfterMs": rate.reset_after_ms }),
+                rate_limit: json!({ "strategy": &*policy.strategy, "module": format!("{}@{}", policy.module, policy.version), "capacity": rate.limit, "remaining": rate.remaining, "resetAfterMs": rate.reset_after_ms }),
             };
             Ok((rate_headers(&policy, &rate), axum::Json(answer)).into_response())
         }
         ConsumeOutcome::RateLimited { rate } => {
             let mut details = Map::new();
-            details.insert("strategy".into(), json!(policy.strategy));
+            details.insert("strategy".into(), json!(&*policy.strategy));
             details.insert("limit".into(), json!(rate.limit));
             details.insert("remaining".into(), json!(rate.remaining));
             if rate.outcome == leaky_engine::Outcome::ExceedsCapacity {

@@ -17,13 +17,41 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 
+/// A rate limiter's state, tagged with the strategy that wrote it: a policy swap keeps the
+/// state when the new version reports the same strategy, and starts afresh otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateState {
+    /// The strategy that wrote `words`.
+    pub strategy: Arc<str>,
+    /// The state.
+    pub words: Words,
+}
+
 /// One user's standing with one provider.
 #[derive(Debug)]
 pub struct Account {
     /// The rate limiter's state; `None` until the first admitted request.
-    pub rate: Option<Words>,
+    pub rate: Option<RateState>,
+    /// The state of the shadow limiter, if the provider has one.
+    pub shadow: Option<RateState>,
     /// The user's quota.
     pub quota: Quota,
+}
+
+impl Account {
+    /// The rate state to pass to a limiter of `strategy`.
+    pub fn rate_for(&self, strategy: &str) -> Option<Words> {
+        state_for(self.rate.as_ref(), strategy)
+    }
+
+    /// The shadow state to pass to a limiter of `strategy`.
+    pub fn shadow_for(&self, strategy: &str) -> Option<Words> {
+        state_for(self.shadow.as_ref(), strategy)
+    }
+}
+
+fn state_for(state: Option<&RateState>, strategy: &str) -> Option<Words> {
+    state.filter(|s| &*s.strategy == strategy).map(|s| s.words)
 }
 
 /// A shared, lockable account.
@@ -98,7 +126,7 @@ impl Accounts {
             period_start: 0,
         };
         let quota = quotas::get(self.db.readers(), OwnerType::User, user, provider).await?.unwrap_or(fresh);
-        let cell = self.users.entry(key).or_insert_with(|| Arc::new(Mutex::new(Account { rate: None, quota })));
+        let cell = self.users.entry(key).or_insert_with(|| Arc::new(Mutex::new(Account { rate: None, shadow: None, quota })));
         Ok(Arc::clone(&cell))
     }
 

@@ -7,14 +7,14 @@
 
 use std::sync::Arc;
 
-use leaky_engine::{Outcome as RateOutcome, Request, Verdict};
+use leaky_engine::{Charge, Outcome as RateOutcome, Request, Usage, Verdict};
 use leaky_store::events::{Event, Outcome};
 use leaky_store::ledger::{Debit, LedgerWriter};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::services::accounts::{Accounts, lock};
-use crate::services::rate_policies::{BoundPolicy, RatePolicies};
+use crate::services::accounts::{Account, Accounts, RateState, lock};
+use crate::services::policies::{BoundPolicy, BoundQuotaRule, PolicyRegistry};
 
 /// A consume request, validated.
 #[derive(Clone, Debug)]
@@ -72,7 +72,7 @@ pub enum ConsumeOutcome {
 /// Runs decisions.
 pub struct ConsumeService {
     accounts: Arc<Accounts>,
-    policies: Arc<RatePolicies>,
+    policies: Arc<PolicyRegistry>,
     ledger: LedgerWriter,
 }
 
@@ -82,26 +82,29 @@ fn view(q: &leaky_store::quotas::Quota) -> QuotaView {
 
 impl ConsumeService {
     /// A service over the book, the policies and the ledger.
-    pub fn new(accounts: Arc<Accounts>, policies: Arc<RatePolicies>, ledger: LedgerWriter) -> Self {
+    pub fn new(accounts: Arc<Accounts>, policies: Arc<PolicyRegistry>, ledger: LedgerWriter) -> Self {
         Self { accounts, policies, ledger }
     }
 
-    /// The rate policy of a provider.
-    pub fn policy(&self, provider: &str) -> &Arc<BoundPolicy> {
-        self.policies.for_provider(provider)
+    /// The rate policy of a provider, as of now.
+    pub fn policy(&self, provider: &str) -> Arc<BoundPolicy> {
+        Arc::clone(&self.policies.snapshot().rate_for(provider).policy)
     }
 
-    /// Decides, applies and commits one request.
+    /// Decides, applies and commits one request. The policy set in force when it starts
+    /// decides it, even if another set is swapped in meanwhile.
     pub async fn consume(&self, req: ConsumeRequest) -> Result<(ConsumeOutcome, Arc<BoundPolicy>), ApiError> {
+        let set = self.policies.snapshot();
         let facts = self.accounts.user(req.user_id).await?.ok_or(ApiError::NotFound("user"))?;
-        let policy = Arc::clone(self.policies.for_provider(&req.provider));
+        let binding = Arc::clone(set.rate_for(&req.provider));
+        let policy = Arc::clone(&binding.policy);
         let account = self.accounts.account(req.user_id, &req.provider).await?;
         let org = match facts.org_id {
             Some(org_id) => self.accounts.org(org_id, &req.provider).await?.map(|cell| (org_id, cell)),
             None => None,
         };
         let now = leaky_store::now_ms();
-        let cost = i64::try_from(req.tokens).map_err(|_| ApiError::InvalidRequest("tokens is too large".into()))?;
+        let now_ms = u64::try_from(now).unwrap_or(0);
         let event = |outcome| Event {
             id: Uuid::now_v7(),
             outcome,
@@ -113,6 +116,18 @@ impl ConsumeService {
             occurred_at: now,
         };
 
+        let cost = match set.quota_for(&req.provider) {
+            Some(rule) => match price(rule, &req, now_ms)? {
+                Ok(cost) => cost,
+                Err(reason) => {
+                    metrics::counter!("leaky_consume_total", "outcome" => "policy_denied").increment(1);
+                    self.ledger.record(event(Outcome::QuotaRejected));
+                    return Err(ApiError::PolicyDenied(reason));
+                }
+            },
+            None => i64::try_from(req.tokens).map_err(|_| ApiError::InvalidRequest("tokens is too large".into()))?,
+        };
+
         // Decide and apply under the locks: user account first, then org.
         let mut previous_rate = None;
         let (outcome, debit) = {
@@ -122,8 +137,14 @@ impl ConsumeService {
             if let Some(q) = org_quota.as_deref_mut() {
                 q.roll(now);
             }
-            let request = Request { tokens: req.tokens, now_ms: u64::try_from(now).unwrap_or(0) };
-            let decision = policy.limiter.decide(&policy.config, acct.rate, request).map_err(anyhow::Error::from)?;
+            let request = Request { tokens: req.tokens, now_ms };
+            let decision = policy
+                .limiter
+                .decide(&policy.config, acct.rate_for(&policy.strategy), request)
+                .map_err(anyhow::Error::from)?;
+            if let Some(shadow) = &binding.shadow {
+                run_shadow(shadow, &mut acct, request, &req.provider);
+            }
             if decision.verdict.outcome != RateOutcome::Allowed {
                 (ConsumeOutcome::RateLimited { rate: decision.verdict }, None)
             } else if acct.quota.used + cost > acct.quota.limit {
@@ -134,8 +155,9 @@ impl ConsumeService {
             } else if let Some(q) = org_quota.as_deref().filter(|q| q.used + cost > q.limit) {
                 (ConsumeOutcome::QuotaExhausted { scope: "org", quota: view(q), rate: decision.verdict }, None)
             } else {
-                previous_rate = Some((acct.rate, decision.state));
-                acct.rate = Some(decision.state);
+                let applied = RateState { strategy: Arc::clone(&policy.strategy), words: decision.state };
+                previous_rate = Some((acct.rate.clone(), applied.clone()));
+                acct.rate = Some(applied);
                 acct.quota.used += cost;
                 if let Some(q) = org_quota.as_deref_mut() {
                     q.used += cost;
@@ -172,7 +194,7 @@ impl ConsumeService {
                         acct.quota.used -= cost;
                     }
                     if let Some((before, applied)) = previous_rate
-                        && acct.rate == Some(applied)
+                        && acct.rate.as_ref() == Some(&applied)
                     {
                         acct.rate = before;
                     }
@@ -199,4 +221,40 @@ impl ConsumeService {
         }
         Ok((outcome, policy))
     }
+}
+
+/// What the provider's quota rule charges for the request: `Ok(cost)`, or `Err(reason)` when
+/// the rule refuses it.
+fn price(rule: &BoundQuotaRule, req: &ConsumeRequest, now_ms: u64) -> Result<Result<i64, String>, ApiError> {
+    let usage = Usage {
+        subject: req.user_id.to_string(),
+        provider: req.provider.clone(),
+        model: req.model.clone(),
+        tokens: req.tokens,
+        now_ms,
+    };
+    match rule.rule.price(&rule.config, &usage).map_err(anyhow::Error::from)? {
+        Charge::Cost(cost) => Ok(Ok(i64::try_from(cost).unwrap_or(i64::MAX))),
+        Charge::Deny(reason) => Ok(Err(reason)),
+    }
+}
+
+/// Runs the shadow limiter as if it were enforced (its own state moves only when it would
+/// admit) and counts its verdict. It never changes the answer; a failing shadow is counted
+/// and otherwise ignored.
+fn run_shadow(shadow: &BoundPolicy, acct: &mut Account, request: Request, provider: &str) {
+    let verdict = match shadow.limiter.decide(&shadow.config, acct.shadow_for(&shadow.strategy), request) {
+        Ok(decision) if decision.verdict.outcome == RateOutcome::Allowed => {
+            acct.shadow = Some(RateState { strategy: Arc::clone(&shadow.strategy), words: decision.state });
+            "would_allow"
+        }
+        Ok(_) => "would_refuse",
+        Err(err) => {
+            tracing::debug!(module = %shadow.module, error = %err, "shadow policy failed");
+            "error"
+        }
+    };
+    metrics::counter!("leaky_policy_shadow_verdicts_total", "provider" => provider.to_string(),
+        "module" => shadow.module.clone(), "verdict" => verdict)
+    .increment(1);
 }

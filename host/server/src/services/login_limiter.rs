@@ -5,7 +5,7 @@ use dashmap::DashMap;
 use leaky_engine::{Outcome, Request, Words};
 
 use crate::error::ApiError;
-use crate::services::rate_policies::BoundPolicy;
+use crate::services::policies::BoundPolicy;
 
 /// Per-username attempt buckets.
 pub struct LoginLimiter {

@@ -4,5 +4,5 @@ pub mod accounts;
 pub mod api_keys;
 pub mod consume;
 pub mod login_limiter;
-pub mod rate_policies;
+pub mod policies;
 pub mod saga;

@@ -29,6 +29,7 @@ pub fn test_settings(data: &std::path::Path) -> Settings {
     s.server.addr = "127.0.0.1:0".parse().expect("addr");
     s.data_dir = data.to_path_buf();
     s.policies.dir = policies_dir();
+    s.policies.cache_dir = Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache"));
     s.auth.jwt_secret = Some(Secret::new("a test secret of at least thirty-two characters"));
     s
 }
