@@ -69,9 +69,7 @@ impl<S: Send + Sync> FromRequest<S> for ComponentBody {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let content_type = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         if !matches!(content_type, Some("application/wasm" | "application/octet-stream")) {
-            return Err(ApiError::InvalidRequest(
-                "a component upload needs Content-Type: application/wasm".into(),
-            ));
+            return Err(ApiError::InvalidRequest("a component upload needs Content-Type: application/wasm".into()));
         }
         match axum::body::Bytes::from_request(req, state).await {
             Ok(bytes) => Ok(Self(bytes.to_vec())),

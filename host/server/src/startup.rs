@@ -37,7 +37,9 @@ impl Application {
             .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
         let db = Database::open(&settings.database_url()).await.context("cannot open the database")?;
         let engine = PolicyEngine::new(EngineConfig {
-            cache_dir: Some(settings.policies.cache_dir.clone().unwrap_or_else(|| settings.data_dir.join("compile-cache"))),
+            cache_dir: Some(
+                settings.policies.cache_dir.clone().unwrap_or_else(|| settings.data_dir.join("compile-cache")),
+            ),
             ..EngineConfig::default()
         })?;
         let policies = crate::services::policies::start(engine.clone(), db.clone(), &settings).await?;

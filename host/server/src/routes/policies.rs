@@ -113,7 +113,10 @@ pub async fn upload(
     let params = (!params.is_empty()).then(|| params.into_iter().collect());
     let (info, created) = state.policies.upload(&name, bytes, params).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, axum::Json(UploadAnswer { name: info.name, version: info.version, kind: info.kind, sha256: info.sha256 })))
+    Ok((
+        status,
+        axum::Json(UploadAnswer { name: info.name, version: info.version, kind: info.kind, sha256: info.sha256 }),
+    ))
 }
 
 /// `POST /policies/{name}/activate` body.
@@ -216,7 +219,9 @@ fn params_in(params: BTreeMap<String, serde_json::Value>) -> Result<Params, ApiE
             serde_json::Value::String(s) => Ok((k, s)),
             serde_json::Value::Number(n) => Ok((k, n.to_string())),
             serde_json::Value::Bool(b) => Ok((k, b.to_string())),
-            other => Err(ApiError::InvalidRequest(format!("parameter `{k}` must be a string, number or boolean, not {other}"))),
+            other => Err(ApiError::InvalidRequest(format!(
+                "parameter `{k}` must be a string, number or boolean, not {other}"
+            ))),
         })
         .collect()
 }

@@ -126,7 +126,8 @@ impl Accounts {
             period_start: 0,
         };
         let quota = quotas::get(self.db.readers(), OwnerType::User, user, provider).await?.unwrap_or(fresh);
-        let cell = self.users.entry(key).or_insert_with(|| Arc::new(Mutex::new(Account { rate: None, shadow: None, quota })));
+        let cell =
+            self.users.entry(key).or_insert_with(|| Arc::new(Mutex::new(Account { rate: None, shadow: None, quota })));
         Ok(Arc::clone(&cell))
     }
 

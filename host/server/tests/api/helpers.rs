@@ -13,11 +13,11 @@ pub struct TestApp {
     pub base: String,
     pub client: Client,
     pub pool: sqlx::SqlitePool,
-    _data: tempfile::TempDir,
+    pub data: tempfile::TempDir,
 }
 
 /// The workspace's built policies.
-fn policies_dir() -> PathBuf {
+pub fn policies_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies");
     assert!(dir.join("leaky-bucket.wasm").exists(), "build the components first: `cargo xtask guests`");
     dir
@@ -48,7 +48,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let base = format!("http://127.0.0.1:{}", app.port());
     let pool = app.state().db.pool().clone();
     tokio::spawn(app.run_until_stopped());
-    TestApp { base, client: Client::new(), pool, _data: data }
+    TestApp { base, client: Client::new(), pool, data }
 }
 
 /// A registered, logged-in user.
@@ -130,6 +130,29 @@ impl TestApp {
             .put("/api/v1/quotas", &admin.token, json!({"ownerType": owner_type, "ownerId": owner, "provider": provider, "limit": limit, "period": "none"}))
             .await;
         assert_eq!(r.status(), 200, "set quota: {:?}", r.text().await);
+    }
+
+    /// Uploads a component as `admin` (`query` holds smoke-test parameters, e.g. `?capacity=5`).
+    pub async fn upload(&self, token: &str, name: &str, query: &str, bytes: Vec<u8>) -> Response {
+        self.client
+            .post(self.url(&format!("/api/v1/policies/{name}{query}")))
+            .bearer_auth(token)
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The sum of the samples of metric `name` whose labels include every one of `labels`
+    /// (each written `key="value"`).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = self.get("/metrics", None).await.text().await.expect("metrics");
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// The error code of an error answer.

@@ -7,5 +7,7 @@ mod admin;
 mod auth;
 mod consume;
 mod operations;
+mod policies;
+mod policy_sync;
 mod purchase;
 mod recovery;

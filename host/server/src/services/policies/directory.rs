@@ -108,7 +108,8 @@ pub async fn import(registry: &PolicyRegistry, dir: &Path) -> Result<bool, Polic
         }
         let name = file.trim_end_matches(".wasm");
         validate_name(name).map_err(|e| PolicyError::InvalidModule(format!("{file}: {e}")))?;
-        let policy = registry.load(bytes.clone()).await.map_err(|e| PolicyError::InvalidModule(format!("{file}: {e}")))?;
+        let policy =
+            registry.load(bytes.clone()).await.map_err(|e| PolicyError::InvalidModule(format!("{file}: {e}")))?;
         let kind = policy.info().kind.as_str();
         let new = NewVersion { name, kind, sha256: &sha256, component: &bytes, source: &file };
         let (info, _) = policies::add_version(pool, new).await?;
@@ -134,12 +135,9 @@ pub async fn import(registry: &PolicyRegistry, dir: &Path) -> Result<bool, Polic
         for b in parsed.binding {
             crate::routes::validate::provider(&b.provider)
                 .map_err(|e| PolicyError::InvalidBinding(format!("{file}: {e}")))?;
-            let kind = state
-                .active
-                .iter()
-                .find(|v| v.name == b.module)
-                .map(|v| v.kind.clone())
-                .ok_or_else(|| PolicyError::InvalidBinding(format!("{file}: module `{}` has no active version", b.module)))?;
+            let kind = state.active.iter().find(|v| v.name == b.module).map(|v| v.kind.clone()).ok_or_else(|| {
+                PolicyError::InvalidBinding(format!("{file}: module `{}` has no active version", b.module))
+            })?;
             bindings.push(Binding {
                 provider: b.provider,
                 kind,
@@ -161,9 +159,9 @@ pub async fn import(registry: &PolicyRegistry, dir: &Path) -> Result<bool, Polic
         return Ok(false);
     }
     for (source, _, bindings) in &manifests {
-        state.bindings.retain(|b| {
-            b.source != *source && !bindings.iter().any(|n| n.provider == b.provider && n.kind == b.kind)
-        });
+        state
+            .bindings
+            .retain(|b| b.source != *source && !bindings.iter().any(|n| n.provider == b.provider && n.kind == b.kind));
         state.bindings.extend(bindings.iter().cloned());
     }
     registry.build(&state).await?;

@@ -33,8 +33,7 @@ pub async fn start(engine: PolicyEngine, db: Database, settings: &Settings) -> a
     let bucket = &settings.token.bucket;
     let policy = &settings.policies;
     let default = (bucket.strategy.clone(), default_params(bucket)?);
-    let registry =
-        Arc::new(PolicyRegistry::open(engine, db, default, Duration::from_millis(policy.compile_timeout_ms)).await?);
+    let registry = Arc::new(PolicyRegistry::new(engine, db, default, Duration::from_millis(policy.compile_timeout_ms)));
     let hint = "the policy set cannot be built (build the components with `cargo xtask guests`)";
     directory::import(&registry, &policy.dir).await.context(hint)?;
     registry.reload().await.context(hint)?;

@@ -56,7 +56,7 @@ pub struct PolicyRegistry {
     engine: PolicyEngine,
     db: Database,
     default: (String, Params),
-    /// `None` only until [`Self::open`] has built the first set.
+    /// `None` only until the first reload has built a set.
     current: RwLock<Option<Arc<PolicySet>>>,
     /// Loaded components by sha256: the active ones (and, briefly, candidates).
     loaded: Mutex<HashMap<String, Policy>>,
@@ -80,15 +80,10 @@ pub fn validate_name(name: &str) -> Result<(), PolicyError> {
 }
 
 impl PolicyRegistry {
-    /// A registry over the stored policies; call [`Self::reload`] (or import the policy
-    /// directory) before serving.
-    pub async fn open(
-        engine: PolicyEngine,
-        db: Database,
-        default: (String, Params),
-        compile_timeout: Duration,
-    ) -> Result<Self, PolicyError> {
-        let registry = Self {
+    /// A registry over the stored policies. It has no set in force until the first
+    /// [`Self::reload`]; [`crate::services::policies::start`] does that before sharing it.
+    pub fn new(engine: PolicyEngine, db: Database, default: (String, Params), compile_timeout: Duration) -> Self {
+        Self {
             engine,
             db,
             default,
@@ -96,8 +91,7 @@ impl PolicyRegistry {
             loaded: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             compile_timeout,
-        };
-        Ok(registry)
+        }
     }
 
     /// The set in force. Hold it for the whole request.
@@ -134,11 +128,14 @@ impl PolicyRegistry {
         Ok(true)
     }
 
+    /// Puts `set` in force. Components of the new and of the previous set stay loaded (so a
+    /// rollback is as quick as the change it undoes); others are dropped.
     fn swap(&self, set: PolicySet) {
         let set = Arc::new(set);
-        let in_force: std::collections::HashSet<String> = set.shas().collect();
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&set));
-        lock(&self.loaded).retain(|sha, _| in_force.contains(sha));
+        let mut keep: std::collections::HashSet<String> = set.shas().collect();
+        let previous = self.current.write().unwrap_or_else(|p| p.into_inner()).replace(Arc::clone(&set));
+        keep.extend(previous.iter().flat_map(|p| p.shas()));
+        lock(&self.loaded).retain(|sha, _| keep.contains(sha));
         metrics::gauge!("leaky_policy_generation").set(set.generation as f64);
         metrics::counter!("leaky_policy_swaps_total").increment(1);
         tracing::info!(generation = set.generation, "policy set swapped in");
@@ -154,7 +151,10 @@ impl PolicyRegistry {
                 .await?
                 .ok_or(PolicyError::NotFound("policy version"))?;
             let policy = self.load(bytes).await.map_err(|e| {
-                PolicyError::InvalidModule(format!("stored module `{}` v{} does not load: {e}", info.name, info.version))
+                PolicyError::InvalidModule(format!(
+                    "stored module `{}` v{} does not load: {e}",
+                    info.name, info.version
+                ))
             })?;
             lock(&self.loaded).insert(info.sha256.clone(), policy);
         }
@@ -224,8 +224,9 @@ impl PolicyRegistry {
     /// that was active before.
     pub async fn activate(&self, name: &str, version: i64) -> Result<Option<i64>, PolicyError> {
         let _guard = self.changes.lock().await;
-        let info =
-            policies::version(self.db.pool(), name, version).await?.ok_or(PolicyError::NotFound("policy version"))?;
+        let info = policies::version(self.db.readers(), name, version)
+            .await?
+            .ok_or(PolicyError::NotFound("policy version"))?;
         self.check(|state| set_active(state, info)).await?;
         let before = policies::activate(self.db.pool(), name, version).await?;
         self.reload_locked().await?;
@@ -266,7 +267,7 @@ impl PolicyRegistry {
     /// Builds the set the stored state would give after `change`; an error means the change
     /// must not be stored.
     pub(crate) async fn check(&self, change: impl FnOnce(&mut PolicyState)) -> Result<PolicyState, PolicyError> {
-        let mut state = policies::state(self.db.pool()).await?;
+        let mut state = policies::state(self.db.readers()).await?;
         change(&mut state);
         self.build(&state).await?;
         Ok(state)
@@ -319,13 +320,8 @@ fn smoke_test(policy: &Policy, params: &Params) -> Result<(), PolicyError> {
         }
         Policy::QuotaRule(rule) => {
             let config = rule.configure(params).map_err(|e| refused("configure() refused the parameters", &e))?;
-            let usage = Usage {
-                subject: "smoke-test".into(),
-                provider: "smoke-test".into(),
-                model: None,
-                tokens: 1,
-                now_ms,
-            };
+            let usage =
+                Usage { subject: "smoke-test".into(), provider: "smoke-test".into(), model: None, tokens: 1, now_ms };
             rule.price(&config, &usage)
                 .map_err(|e| PolicyError::InvalidModule(format!("the smoke pricing failed: {e}")))?;
         }

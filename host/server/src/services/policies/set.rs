@@ -85,7 +85,9 @@ impl Inputs<'_> {
         let Policy::RateLimiter(limiter) = policy else {
             return Err(wrong_kind(info, PolicyKind::RateLimiter));
         };
-        BoundPolicy::bind(module, info.version, limiter.clone(), params.clone()).map(Arc::new).map_err(BuildError::Params)
+        BoundPolicy::bind(module, info.version, limiter.clone(), params.clone())
+            .map(Arc::new)
+            .map_err(BuildError::Params)
     }
 
     fn quota(&self, module: &str, params: &Params) -> Result<Arc<BoundQuotaRule>, BuildError> {
