@@ -1,11 +1,14 @@
 //! The `leaky` command's arguments and dispatch.
 
 mod policy_check;
+mod policy_client;
+mod policy_new;
 mod policy_simulate;
 mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use policy_client::Operation;
 use std::path::PathBuf;
 
 /// Leaky Tokens: meter and limit LLM token usage with sandboxed WebAssembly policies.
@@ -89,6 +92,79 @@ enum PolicyCommand {
         #[arg(long)]
         trace: PathBuf,
     },
+    /// Create a guest crate for a new policy on the SDK; it builds as it is.
+    New {
+        /// The policy's name (1-64 of [a-z0-9-]); also the crate's.
+        name: String,
+        /// What it starts as: leaky-bucket, token-bucket, fixed-window, sliding-window or
+        /// quota-rule.
+        #[arg(long)]
+        strategy: String,
+        /// Where to create the crate's directory (default: here).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The SDK crate (default: guests/sdk here or in a parent directory).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Upload a component as a new version of a module (validated by the server first).
+    Upload {
+        /// The module.
+        name: String,
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// A parameter for the server's smoke test, as `name=value`; repeat for each.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// List modules, their versions and which is active.
+    List {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Make a version of a module active on every replica.
+    Activate {
+        /// The module.
+        name: String,
+        /// The version.
+        version: i64,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Make the version active before the latest activation active again.
+    Rollback {
+        /// The module.
+        name: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Show which module and parameters apply to which provider.
+    Bindings {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+/// Where the API is and how to authenticate.
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// The service's base URL.
+    #[arg(long, env = "LEAKY_CLI_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An admin's JWT (from POST /api/v1/auth/login).
+    #[arg(long, env = "LEAKY_CLI_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// An admin's API key.
+    #[arg(long, env = "LEAKY_CLI_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+impl RemoteArgs {
+    fn remote(self) -> policy_client::Remote {
+        policy_client::Remote { url: self.url, token: self.token, api_key: self.api_key }
+    }
 }
 
 impl Cli {
@@ -106,6 +182,22 @@ impl Cli {
             Command::Policy(PolicyCommand::Check { file }) => policy_check::run(&file),
             Command::Policy(PolicyCommand::Simulate { file, params, trace }) => {
                 policy_simulate::run(&file, &params, &trace)
+            }
+            Command::Policy(PolicyCommand::New { name, strategy, dir, sdk }) => {
+                policy_new::run(&name, &strategy, dir.as_deref(), sdk.as_deref())
+            }
+            Command::Policy(PolicyCommand::Upload { name, file, params, remote }) => {
+                policy_client::run(&remote.remote(), Operation::Upload { name: &name, file: &file, params: &params })
+            }
+            Command::Policy(PolicyCommand::List { remote }) => policy_client::run(&remote.remote(), Operation::List),
+            Command::Policy(PolicyCommand::Activate { name, version, remote }) => {
+                policy_client::run(&remote.remote(), Operation::Activate { name: &name, version })
+            }
+            Command::Policy(PolicyCommand::Rollback { name, remote }) => {
+                policy_client::run(&remote.remote(), Operation::Rollback { name: &name })
+            }
+            Command::Policy(PolicyCommand::Bindings { remote }) => {
+                policy_client::run(&remote.remote(), Operation::Bindings)
             }
         }
     }

@@ -50,7 +50,7 @@ pub fn run(file: &Path, raw_params: &[String], trace: &Path) -> Result<()> {
 }
 
 /// Parses `name=value` arguments.
-fn parse_params(raw: &[String]) -> Result<Vec<(String, String)>> {
+pub(super) fn parse_params(raw: &[String]) -> Result<Vec<(String, String)>> {
     raw.iter()
         .map(|p| match p.split_once('=') {
             Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_string(), value.trim().to_string())),
