@@ -188,7 +188,8 @@ impl PolicyRegistry {
         params: Option<Params>,
     ) -> Result<(VersionInfo, bool), PolicyError> {
         validate_name(name)?;
-        let _guard = self.changes.lock().await;
+        // No change lock: storing a version changes nothing in force, and compiling may take
+        // seconds that activations and the replica sync should not wait for.
         let policy = self.load(bytes.clone()).await?;
         let params = match params {
             Some(params) => params,
