@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod policies;
 pub mod purchases;
 pub mod quotas;
+pub mod rate_state;
 mod runtime;
 pub mod users;
 
