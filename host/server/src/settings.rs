@@ -52,6 +52,8 @@ pub struct Settings {
     pub token: TokenSettings,
     /// Quotas given to new users.
     pub quota: QuotaSettings,
+    /// Where rate-limiter state lives.
+    pub rate_state: RateStateSettings,
     /// Logs and traces.
     pub telemetry: TelemetrySettings,
 }
@@ -114,6 +116,63 @@ pub struct PolicySettings {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// Where rate-limiter state lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RateBackend {
+    /// This process's account book: right for one replica.
+    Memory,
+    /// Redis, shared by every replica, written by compare-and-set.
+    Redis,
+}
+
+/// What a consume does while the shared rate state is unavailable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenUnavailable {
+    /// Refuse with 429 `rate_limit_exceeded` until it is back.
+    FailClosed,
+    /// Decide on a local limiter with `capacity / replicas` (and rates / replicas).
+    FailOpen,
+}
+
+/// `rate_state.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateStateSettings {
+    /// `memory` or `redis`.
+    pub backend: RateBackend,
+    /// The Redis to use when `backend = "redis"`.
+    pub redis_url: String,
+    /// Prefix of every key this service writes in Redis.
+    pub key_prefix: String,
+    /// `fail-closed` or `fail-open`.
+    pub when_unavailable: WhenUnavailable,
+    /// How many replicas share the limits (a fail-open local limiter gets a share of each).
+    pub replicas: u32,
+    /// Deadline of one Redis call.
+    pub timeout_ms: u64,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before it lets a probe through.
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for RateStateSettings {
+    fn default() -> Self {
+        Self {
+            backend: RateBackend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "leaky:".into(),
+            when_unavailable: WhenUnavailable::FailClosed,
+            replicas: 1,
+            timeout_ms: 50,
+            breaker_failures: 3,
+            breaker_cooldown_ms: 1000,
+        }
+    }
+}
+
 /// `token.*` (the seed's names).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -164,6 +223,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             auth: AuthSettings::default(),
             policies: PolicySettings::default(),
+            rate_state: RateStateSettings::default(),
             token: TokenSettings::default(),
             quota: QuotaSettings::default(),
             telemetry: TelemetrySettings::default(),

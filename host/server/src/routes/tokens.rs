@@ -71,7 +71,7 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<StatusView> {
     axum::Json(StatusView {
         status: "UP",
         version: env!("CARGO_PKG_VERSION"),
-        storage: json!({ "database": "sqlite", "rateState": "memory", "eventBus": "in-process", "analytics": "sql" }),
+        storage: json!({ "database": "sqlite", "rateState": state.settings.rate_state.backend, "eventBus": "in-process", "analytics": "sql" }),
         policies,
     })
 }
@@ -159,11 +159,12 @@ pub async fn quota(
         None => None,
     };
     let now = leaky_store::now_ms();
-    let (quota, rate_state) = {
+    let quota = {
         let mut acct = lock(&account);
         acct.quota.roll(now);
-        (acct.quota.clone(), acct.rate_for(&policy.strategy))
+        acct.quota.clone()
     };
+    let rate_state = state.consume.rate_state(&account, user, &q.provider, &policy.strategy).await;
     // A zero-token probe reads the limiter's standing without changing it.
     let probe = leaky_engine::Request { tokens: 0, now_ms: u64::try_from(now).unwrap_or(0) };
     let verdict = policy.limiter.decide(&policy.config, rate_state, probe).map_err(anyhow::Error::from)?.verdict;

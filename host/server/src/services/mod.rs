@@ -5,4 +5,6 @@ pub mod api_keys;
 pub mod consume;
 pub mod login_limiter;
 pub mod policies;
+pub mod reserve;
 pub mod saga;
+pub mod shared_rate;

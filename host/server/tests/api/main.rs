@@ -11,3 +11,4 @@ mod policies;
 mod policy_sync;
 mod purchase;
 mod recovery;
+mod shared_rate;

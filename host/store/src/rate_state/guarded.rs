@@ -32,11 +32,6 @@ impl<S: SharedRateState> Guarded<S> {
         }
         result
     }
-
-    /// How long until the breaker lets a call through (0 when it does now).
-    pub fn retry_in(&self) -> Duration {
-        self.breaker.retry_in()
-    }
 }
 
 impl<S: SharedRateState> SharedRateState for Guarded<S> {
@@ -52,5 +47,9 @@ impl<S: SharedRateState> SharedRateState for Guarded<S> {
         ttl_ms: u64,
     ) -> BoxFuture<'a, Result<bool, RateStateError>> {
         Box::pin(self.call(self.inner.compare_and_set(key, expected, new, ttl_ms)))
+    }
+
+    fn retry_in(&self) -> Duration {
+        self.breaker.retry_in()
     }
 }

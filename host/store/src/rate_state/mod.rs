@@ -87,6 +87,11 @@ pub trait SharedRateState: Send + Sync {
         new: &'a StoredRate,
         ttl_ms: u64,
     ) -> BoxFuture<'a, Result<bool, RateStateError>>;
+
+    /// How long until the backend may be asked again (zero unless a breaker holds it off).
+    fn retry_in(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 #[cfg(test)]

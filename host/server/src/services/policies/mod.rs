@@ -33,7 +33,12 @@ pub async fn start(engine: PolicyEngine, db: Database, settings: &Settings) -> a
     let bucket = &settings.token.bucket;
     let policy = &settings.policies;
     let default = (bucket.strategy.clone(), default_params(bucket)?);
-    let registry = Arc::new(PolicyRegistry::new(engine, db, default, Duration::from_millis(policy.compile_timeout_ms)));
+    let replicas = match settings.rate_state.when_unavailable {
+        crate::settings::WhenUnavailable::FailOpen => settings.rate_state.replicas.max(1),
+        crate::settings::WhenUnavailable::FailClosed => 1,
+    };
+    let compile_timeout = Duration::from_millis(policy.compile_timeout_ms);
+    let registry = Arc::new(PolicyRegistry::new(engine, db, default, replicas, compile_timeout));
     let hint = "the policy set cannot be built (build the components with `cargo xtask guests`)";
     directory::import(&registry, &policy.dir).await.context(hint)?;
     registry.reload().await.context(hint)?;

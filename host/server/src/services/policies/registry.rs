@@ -56,6 +56,7 @@ pub struct PolicyRegistry {
     engine: PolicyEngine,
     db: Database,
     default: (String, Params),
+    replicas: u32,
     /// `None` only until the first reload has built a set.
     current: RwLock<Option<Arc<PolicySet>>>,
     /// Loaded components by sha256: the active ones (and, briefly, candidates).
@@ -82,11 +83,18 @@ pub fn validate_name(name: &str) -> Result<(), PolicyError> {
 impl PolicyRegistry {
     /// A registry over the stored policies. It has no set in force until the first
     /// [`Self::reload`]; [`crate::services::policies::start`] does that before sharing it.
-    pub fn new(engine: PolicyEngine, db: Database, default: (String, Params), compile_timeout: Duration) -> Self {
+    pub fn new(
+        engine: PolicyEngine,
+        db: Database,
+        default: (String, Params),
+        replicas: u32,
+        compile_timeout: Duration,
+    ) -> Self {
         Self {
             engine,
             db,
             default,
+            replicas,
             current: RwLock::new(None),
             loaded: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
@@ -159,7 +167,12 @@ impl PolicyRegistry {
             lock(&self.loaded).insert(info.sha256.clone(), policy);
         }
         let loaded = lock(&self.loaded);
-        let inputs = Inputs { state, loaded: &loaded, default: (&self.default.0, self.default.1.clone()) };
+        let inputs = Inputs {
+            state,
+            loaded: &loaded,
+            default: (&self.default.0, self.default.1.clone()),
+            replicas: self.replicas,
+        };
         PolicySet::build(&inputs).map_err(|(what, e)| PolicyError::InvalidBinding(format!("{what}: {e}")))
     }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use leaky_engine::{Policy, PolicyKind};
-use leaky_store::policies::{Binding, PolicyState, VersionInfo};
+use leaky_store::policies::{PolicyState, VersionInfo};
 
 use crate::services::policies::bound::{BoundPolicy, BoundQuotaRule, Params};
 
@@ -15,6 +15,17 @@ pub struct RateBinding {
     pub policy: Arc<BoundPolicy>,
     /// Computed and counted, never enforced.
     pub shadow: Option<Arc<BoundPolicy>>,
+    /// The same module with `capacity` and every `*_per_second` rate divided by the number of
+    /// replicas: what a replica enforces alone when the shared rate state is unavailable and
+    /// it fails open. `None` when there is one replica (then `policy` itself).
+    pub local_share: Option<Arc<BoundPolicy>>,
+}
+
+impl RateBinding {
+    /// The policy to enforce locally while the shared rate state is unavailable.
+    pub fn local(&self) -> &Arc<BoundPolicy> {
+        self.local_share.as_ref().unwrap_or(&self.policy)
+    }
 }
 
 /// Every binding in force, and the default rate limiter.
@@ -71,6 +82,24 @@ pub struct Inputs<'a> {
     pub loaded: &'a HashMap<String, Policy>,
     /// The default rate limiter: module and parameters.
     pub default: (&'a str, Params),
+    /// How many replicas share each limit (for [`RateBinding::local_share`]).
+    pub replicas: u32,
+}
+
+/// `params` with `capacity` and every `*_per_second` rate divided by `replicas`.
+pub fn share_of(params: &Params, replicas: u32) -> Params {
+    let n = f64::from(replicas.max(1));
+    params
+        .iter()
+        .map(|(name, value)| {
+            let shared = match value.parse::<f64>() {
+                Ok(v) if name == "capacity" => ((v / n).floor().max(1.0) as u64).to_string(),
+                Ok(v) if name.ends_with("_per_second") => (v / n).to_string(),
+                _ => value.clone(),
+            };
+            (name.clone(), shared)
+        })
+        .collect()
 }
 
 impl Inputs<'_> {
@@ -98,12 +127,29 @@ impl Inputs<'_> {
         BoundQuotaRule::bind(module, info.version, rule.clone(), params).map(Arc::new).map_err(BuildError::Params)
     }
 
-    fn rate_binding(&self, b: &Binding) -> Result<RateBinding, BuildError> {
-        let shadow = match &b.shadow {
+    fn rate_binding(
+        &self,
+        module: &str,
+        params: &Params,
+        shadow: Option<&(String, Params)>,
+    ) -> Result<RateBinding, BuildError> {
+        let shadow = match shadow {
             Some((module, params)) => Some(self.rate(module, params)?),
             None => None,
         };
-        Ok(RateBinding { policy: self.rate(&b.module, &b.params)?, shadow })
+        let policy = self.rate(module, params)?;
+        let local_share = if self.replicas > 1 {
+            match self.rate(module, &share_of(params, self.replicas)) {
+                Ok(local) => Some(local),
+                Err(err) => {
+                    tracing::warn!(module, error = %err, "cannot divide the limit among replicas; a replica failing open enforces all of it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(RateBinding { policy, shadow, local_share })
     }
 }
 
@@ -117,8 +163,8 @@ impl PolicySet {
     pub fn build(inputs: &Inputs<'_>) -> Result<Self, (String, BuildError)> {
         let (module, params) = &inputs.default;
         let default = inputs
-            .rate(module, params)
-            .map(|policy| Arc::new(RateBinding { policy, shadow: None }))
+            .rate_binding(module, params, None)
+            .map(Arc::new)
             .map_err(|e| ("the default (token.bucket.*)".to_string(), e))?;
         let mut rate = HashMap::new();
         let mut quota = HashMap::new();
@@ -127,7 +173,8 @@ impl PolicySet {
             if b.kind == PolicyKind::QuotaRule.as_str() {
                 quota.insert(b.provider.clone(), inputs.quota(&b.module, &b.params).map_err(named)?);
             } else {
-                rate.insert(b.provider.clone(), Arc::new(inputs.rate_binding(b).map_err(named)?));
+                let bound = inputs.rate_binding(&b.module, &b.params, b.shadow.as_ref()).map_err(named)?;
+                rate.insert(b.provider.clone(), Arc::new(bound));
             }
         }
         Ok(Self { generation: inputs.state.generation, default, rate, quota })
@@ -180,5 +227,24 @@ impl PolicySet {
             shadow: None,
         });
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_share_divides_capacity_and_rates_only() {
+        let params = vec![
+            ("capacity".to_string(), "1000".to_string()),
+            ("leak_rate_per_second".to_string(), "10".to_string()),
+            ("window_seconds".to_string(), "60".to_string()),
+        ];
+        let share = share_of(&params, 4);
+        assert_eq!(share[0].1, "250");
+        assert_eq!(share[1].1, "2.5");
+        assert_eq!(share[2].1, "60", "windows are not divided");
+        assert_eq!(share_of(&[("capacity".into(), "3".into())].to_vec(), 8)[0].1, "1", "at least one token");
     }
 }
