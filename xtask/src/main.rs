@@ -4,13 +4,15 @@
 //!   component, size-optimised, into `policies/` (hostile fixtures into `guests/fixtures/wasm/`).
 //! - `cargo xtask run [-- ARGS]`: build the guests, then run `leaky ARGS` (by default
 //!   `leaky serve`: the service on its embedded defaults, on 127.0.0.1:8080).
-//! - `cargo xtask test`: build the guests, then run the whole workspace's tests.
+//! - `cargo xtask test`: build the guests, start the services the tests need when they are
+//!   down (Redis), then run the whole workspace's tests.
 //! - `cargo xtask bench`: build the guests, then run the criterion benchmarks.
 //! - `cargo xtask bench-http`: build the guests and a release server, then drive consume with
 //!   a load generator and print req/s and latency percentiles.
 
 mod guests;
 mod load;
+mod services;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -73,6 +75,7 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => {
             guests::build(&root)?;
+            services::ensure()?;
             test(&root, &args)
         }
         Task::BenchHttp { users, connections, seconds, port } => {
