@@ -71,11 +71,20 @@ pub struct ServerSettings {
 }
 
 /// `database.*`
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `sqlite://...`; empty means `sqlite://<data_dir>/leaky.db`.
     pub url: Option<String>,
+    /// Apply pending migrations at start (the embedded default). When false, a database whose
+    /// schema is behind this build is refused with a message to run `leaky migrate`.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: None, migrate_on_start: true }
+    }
 }
 
 /// `auth.*`

@@ -9,6 +9,7 @@ use leaky_store::Database;
 use leaky_store::analytics::{AnalyticsSink, SqlAnalytics};
 use leaky_store::bus::{EventBus, InProcessBus};
 use leaky_store::ledger::LedgerWriter;
+use leaky_store::schema::Schema;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -39,7 +40,8 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
-        let db = Database::open(&settings.database_url()).await.context("cannot open the database")?;
+        let schema = if settings.database.migrate_on_start { Schema::Migrate } else { Schema::RequireCurrent };
+        let db = Database::open_with(&settings.database_url(), schema).await.context("cannot open the database")?;
         let engine = PolicyEngine::new(EngineConfig {
             cache_dir: Some(
                 settings.policies.cache_dir.clone().unwrap_or_else(|| settings.data_dir.join("compile-cache")),

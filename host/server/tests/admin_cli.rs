@@ -78,3 +78,21 @@ async fn admins_are_created_from_stdin_and_from_the_environment() {
     assert_eq!(status, 200);
     assert!(body["roles"].as_array().expect("roles").contains(&serde_json::json!("admin")), "{body}");
 }
+
+#[tokio::test]
+async fn serve_refuses_a_schema_behind_it_when_told_not_to_migrate_and_says_what_to_run() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_leaky"))
+        .args(["serve", "--config", "/nonexistent.toml"])
+        .env("LEAKY_DATA_DIR", data.path())
+        .env("LEAKY_DATABASE__MIGRATE_ON_START", "false")
+        .env("LEAKY_SERVER__ADDR", "127.0.0.1:0")
+        .env("LEAKY_LOG", "warn")
+        .output()
+        .expect("leaky runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("run `leaky migrate`"), "{stderr}");
+    let out = leaky(data.path(), &["migrate", "--config", "/nonexistent.toml"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

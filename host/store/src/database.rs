@@ -7,6 +7,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::StoreError;
+use crate::schema::Schema;
 
 /// The database, with the schema applied: one write connection and a pool of readers.
 ///
@@ -23,6 +24,12 @@ pub struct Database {
 impl Database {
     /// Opens (creating if missing) the database at `url` (`sqlite://path`) and migrates it.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, Schema::Migrate).await
+    }
+
+    /// Opens the database at `url`, migrating it or requiring it to be current as `schema`
+    /// says; a schema newer than this build is always refused.
+    pub async fn open_with(url: &str, schema: Schema) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -31,7 +38,7 @@ impl Database {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-        sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
+        crate::schema::ensure(&pool, schema).await?;
         let readers = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
         Ok(Self { pool, readers })
     }

@@ -12,6 +12,9 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database's schema is not the one this build expects.
+    #[error("{0}")]
+    Schema(String),
     /// The group commit holding this write failed; nothing of it was stored.
     #[error("the ledger could not commit: {0}")]
     CommitFailed(String),

@@ -24,6 +24,7 @@ pub mod purchases;
 pub mod quotas;
 pub mod rate_state;
 mod runtime;
+pub mod schema;
 pub mod users;
 
 pub use database::{Database, now_ms};
