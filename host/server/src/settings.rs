@@ -52,8 +52,8 @@ pub struct Settings {
     pub token: TokenSettings,
     /// Quotas given to new users.
     pub quota: QuotaSettings,
-    /// Where rate-limiter state lives.
-    pub rate_state: RateStateSettings,
+    /// Rate-limiter state shared by replicas.
+    pub redis: RedisSettings,
     /// Logs and traces.
     pub telemetry: TelemetrySettings,
 }
@@ -125,16 +125,6 @@ pub struct PolicySettings {
     pub cache_dir: Option<PathBuf>,
 }
 
-/// Where rate-limiter state lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RateBackend {
-    /// This process's account book: right for one replica.
-    Memory,
-    /// Redis, shared by every replica, written by compare-and-set.
-    Redis,
-}
-
 /// What a consume does while the shared rate state is unavailable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -145,14 +135,12 @@ pub enum WhenUnavailable {
     FailOpen,
 }
 
-/// `rate_state.*`
+/// `redis.*`: rate-limiter state shared by replicas.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RateStateSettings {
-    /// `memory` or `redis`.
-    pub backend: RateBackend,
-    /// The Redis to use when `backend = "redis"`.
-    pub redis_url: String,
+pub struct RedisSettings {
+    /// `redis://...`; none keeps rate state in this process (right for one replica).
+    pub url: Option<String>,
     /// Prefix of every key this service writes in Redis.
     pub key_prefix: String,
     /// `fail-closed` or `fail-open`.
@@ -167,11 +155,10 @@ pub struct RateStateSettings {
     pub breaker_cooldown_ms: u64,
 }
 
-impl Default for RateStateSettings {
+impl Default for RedisSettings {
     fn default() -> Self {
         Self {
-            backend: RateBackend::Memory,
-            redis_url: "redis://127.0.0.1:6379".into(),
+            url: None,
             key_prefix: "leaky:".into(),
             when_unavailable: WhenUnavailable::FailClosed,
             replicas: 1,
@@ -232,7 +219,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             auth: AuthSettings::default(),
             policies: PolicySettings::default(),
-            rate_state: RateStateSettings::default(),
+            redis: RedisSettings::default(),
             token: TokenSettings::default(),
             quota: QuotaSettings::default(),
             telemetry: TelemetrySettings::default(),

@@ -21,7 +21,7 @@ use crate::services::login_limiter::LoginLimiter;
 use crate::services::policies::{BoundPolicy, load_module};
 use crate::services::saga::Sagas;
 use crate::services::shared_rate::SharedRate;
-use crate::settings::{RateBackend, RateStateSettings, Settings, WhenUnavailable};
+use crate::settings::{RedisSettings, Settings, WhenUnavailable};
 use crate::state::AppState;
 use leaky_store::rate_state::breaker::CircuitBreaker;
 use leaky_store::rate_state::guarded::Guarded;
@@ -59,7 +59,7 @@ impl Application {
 
         let defaults = settings.clone();
         let accounts = Arc::new(Accounts::new(db.clone(), move |provider| defaults.default_quota(provider)));
-        let shared = shared_rate_state(&settings.rate_state).await?;
+        let shared = shared_rate_state(&settings.redis).await?;
         let consume = Arc::new(ConsumeService::new(Arc::clone(&accounts), Arc::clone(&policies), ledger, shared));
         let sagas = Arc::new(Sagas::new(db.pool().clone(), Arc::clone(&accounts)));
         let secret = load_or_generate_jwt_secret(settings.auth.jwt_secret.as_ref(), &settings.data_dir)?;
@@ -131,14 +131,12 @@ fn login_policy(engine: &PolicyEngine, settings: &Settings) -> anyhow::Result<Bo
     BoundPolicy::bind("token-bucket", 0, limiter, params)
 }
 
-/// The rate state shared by replicas, when `rate_state.backend` is `redis`.
-async fn shared_rate_state(settings: &RateStateSettings) -> anyhow::Result<Option<SharedRate>> {
-    if settings.backend == RateBackend::Memory {
-        return Ok(None);
-    }
-    let redis = RedisRateState::connect(&settings.redis_url, &settings.key_prefix)
+/// The rate state shared by replicas, when `redis.url` is set.
+async fn shared_rate_state(settings: &RedisSettings) -> anyhow::Result<Option<SharedRate>> {
+    let Some(url) = &settings.url else { return Ok(None) };
+    let redis = RedisRateState::connect(url, &settings.key_prefix)
         .await
-        .with_context(|| format!("cannot reach Redis at {} (rate_state.redis_url)", settings.redis_url))?;
+        .with_context(|| format!("cannot reach Redis at {url} (redis.url)"))?;
     let breaker = CircuitBreaker::new(
         "redis",
         settings.breaker_failures,
@@ -146,7 +144,7 @@ async fn shared_rate_state(settings: &RateStateSettings) -> anyhow::Result<Optio
     );
     let guarded = Guarded::new(redis, breaker, std::time::Duration::from_millis(settings.timeout_ms));
     let fail_open = settings.when_unavailable == WhenUnavailable::FailOpen;
-    tracing::info!(url = %settings.redis_url, fail_open, "rate state is shared through Redis");
+    tracing::info!(%url, fail_open, "rate state is shared through Redis");
     Ok(Some(SharedRate::new(Arc::new(guarded), fail_open)))
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use leaky_server::settings::{RateBackend, Settings, WhenUnavailable};
+use leaky_server::settings::{Settings, WhenUnavailable};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -26,8 +26,7 @@ fn redis_absent() -> bool {
 }
 
 fn shared_redis(s: &mut Settings) {
-    s.rate_state.backend = RateBackend::Redis;
-    s.rate_state.redis_url = std::env::var("LEAKY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    s.redis.url = Some(std::env::var("LEAKY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()));
 }
 
 /// A `redis-server` of the test's own, on a free port.
@@ -82,12 +81,12 @@ fn replica(prefix: &str, redis_url: Option<String>, adjust: impl FnOnce(&mut Set
     move |s: &mut Settings| {
         shared_redis(s);
         if let Some(url) = redis_url {
-            s.rate_state.redis_url = url;
+            s.redis.url = Some(url);
         }
-        s.rate_state.key_prefix = prefix;
-        s.rate_state.timeout_ms = 100;
-        s.rate_state.breaker_failures = 3;
-        s.rate_state.breaker_cooldown_ms = 200;
+        s.redis.key_prefix = prefix;
+        s.redis.timeout_ms = 100;
+        s.redis.breaker_failures = 3;
+        s.redis.breaker_cooldown_ms = 200;
         adjust(s);
     }
 }
@@ -222,8 +221,8 @@ async fn without_redis_a_replica_failing_open_enforces_its_share_of_the_limit() 
     // Two replicas share 10 tokens (refill 0.001/s); failing open, each may spend 5 alone.
     let app = spawn_app_with(replica("leaky-test:", Some(redis.url()), |s| {
         token_bucket(10, 0.001)(s);
-        s.rate_state.when_unavailable = WhenUnavailable::FailOpen;
-        s.rate_state.replicas = 2;
+        s.redis.when_unavailable = WhenUnavailable::FailOpen;
+        s.redis.replicas = 2;
     }))
     .await;
     let user = app.user().await;

@@ -33,8 +33,8 @@ pub async fn start(engine: PolicyEngine, db: Database, settings: &Settings) -> a
     let bucket = &settings.token.bucket;
     let policy = &settings.policies;
     let default = (bucket.strategy.clone(), default_params(bucket)?);
-    let replicas = match settings.rate_state.when_unavailable {
-        crate::settings::WhenUnavailable::FailOpen => settings.rate_state.replicas.max(1),
+    let replicas = match settings.redis.when_unavailable {
+        crate::settings::WhenUnavailable::FailOpen => settings.redis.replicas.max(1),
         crate::settings::WhenUnavailable::FailClosed => 1,
     };
     let compile_timeout = Duration::from_millis(policy.compile_timeout_ms);
