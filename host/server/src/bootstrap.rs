@@ -28,7 +28,8 @@ pub async fn create_admin(pool: &SqlitePool, username: &str, password: &str) -> 
 
 /// Honours `LEAKY_BOOTSTRAP_ADMIN=user:password`.
 pub async fn admin_from_env(state: &AppState) -> anyhow::Result<()> {
-    let Ok(value) = std::env::var("LEAKY_BOOTSTRAP_ADMIN") else { return Ok(()) };
+    // Unset or empty (as a compose file passes an unset variable) means no bootstrap admin.
+    let Some(value) = std::env::var("LEAKY_BOOTSTRAP_ADMIN").ok().filter(|v| !v.is_empty()) else { return Ok(()) };
     let (username, password) =
         value.split_once(':').ok_or_else(|| anyhow::anyhow!("LEAKY_BOOTSTRAP_ADMIN must be user:password"))?;
     let id = create_admin(state.db.pool(), username, password).await?;
