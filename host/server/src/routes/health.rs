@@ -17,8 +17,14 @@ pub async fn live() -> axum::Json<serde_json::Value> {
 #[utoipa::path(get, path = "/health/ready", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "a backend is down")))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let database = state.db.ping().await;
-    let status = if database { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({ "status": if database { "UP" } else { "DOWN" }, "checks": { "database": database } })))
+    let mut checks = json!({ "database": database });
+    let redis = state.consume.shared_state_answers().await;
+    if let Some(redis) = redis {
+        checks["redis"] = json!(redis);
+    }
+    let up = database && redis.unwrap_or(true);
+    let status = if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({ "status": if up { "UP" } else { "DOWN" }, "checks": checks })))
 }
 
 /// Prometheus metrics, text format.

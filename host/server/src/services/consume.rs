@@ -111,6 +111,14 @@ impl ConsumeService {
         }
     }
 
+    /// Whether the shared rate state answers (`None` when rate state is this process's own).
+    pub async fn shared_state_answers(&self) -> Option<bool> {
+        match &self.shared {
+            None => None,
+            Some(shared) => Some(shared.read(Uuid::nil(), "health-check").await.is_ok()),
+        }
+    }
+
     /// Decides, applies and commits one request. The policy set in force when it starts
     /// decides it, even if another set is swapped in meanwhile.
     pub async fn consume(&self, req: ConsumeRequest) -> Result<(ConsumeOutcome, Arc<BoundPolicy>), ApiError> {

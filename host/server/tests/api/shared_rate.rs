@@ -189,9 +189,13 @@ async fn redis_killed_under_load_fails_closed_without_5xx_and_recovers() {
     redis.kill();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let trips = app.metric("leaky_breaker_trips_total", &["backend=\"redis\""]).await;
+    let ready = app.get("/health/ready", None).await;
+    assert_eq!(ready.status(), 503, "not ready without Redis");
+    assert_eq!(ready.json::<serde_json::Value>().await.unwrap()["checks"]["redis"], false);
     redis.restart();
     let recovered = first_200_within(&app, &user, Duration::from_secs(5)).await;
     eprintln!("normal service {recovered:?} after Redis came back");
+    assert_eq!(app.get("/health/ready", None).await.status(), 200, "ready again");
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     let mut statuses = Vec::new();
