@@ -56,20 +56,24 @@ async fn spawn_app(data: &Path) -> String {
     url
 }
 
+async fn post_json(url: &str, token: Option<&str>, body: Value) -> Value {
+    let mut request = reqwest::Client::new().post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_list_activate_rollback_and_bindings_from_the_command_line() {
     let data = tempfile::tempdir().unwrap();
     let url = spawn_app(data.path()).await;
-    let client = reqwest::Client::new();
-    let login: Value = client
-        .post(format!("{url}/api/v1/auth/login"))
-        .json(&json!({ "username": "operator", "password": "operator password" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login = post_json(
+        &format!("{url}/api/v1/auth/login"),
+        None,
+        json!({ "username": "operator", "password": "operator password" }),
+    )
+    .await;
     let token = login["accessToken"].as_str().unwrap().to_string();
     let as_admin = vec![("LEAKY_CLI_URL".to_string(), url.clone()), ("LEAKY_CLI_TOKEN".to_string(), token.clone())];
     let component = |name: &str| workspace().join(format!("policies/{name}.wasm")).display().to_string();
@@ -89,16 +93,7 @@ async fn upload_list_activate_rollback_and_bindings_from_the_command_line() {
     assert_eq!((rolled["version"].clone(), rolled["previousVersion"].clone()), (json!(1), json!(2)));
 
     // An API key works as well as a JWT.
-    let key: Value = client
-        .post(format!("{url}/api/v1/auth/api-keys"))
-        .bearer_auth(&token)
-        .json(&json!({ "name": "ci" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key = post_json(&format!("{url}/api/v1/auth/api-keys"), Some(&token), json!({ "name": "ci" })).await;
     let with_key = vec![
         ("LEAKY_CLI_URL".to_string(), url.clone()),
         ("LEAKY_CLI_API_KEY".to_string(), key["key"].as_str().unwrap().to_string()),
