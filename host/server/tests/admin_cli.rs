@@ -96,3 +96,39 @@ async fn serve_refuses_a_schema_behind_it_when_told_not_to_migrate_and_says_what
     let out = leaky(data.path(), &["migrate", "--config", "/nonexistent.toml"], "");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn migrate_prepares_a_postgres_database_and_serve_says_the_ledger_stays_in_sqlite() {
+    use sqlx::Connection;
+    if std::env::var("LEAKY_TEST_POSTGRES").is_ok_and(|v| v == "absent") {
+        eprintln!("SKIPPED: LEAKY_TEST_POSTGRES=absent declares PostgreSQL absent");
+        return;
+    }
+    let server = std::env::var("LEAKY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut admin = sqlx::PgConnection::connect(&server).await.expect("PostgreSQL (or LEAKY_TEST_POSTGRES=absent)");
+    let name = format!("leaky_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
+    let url = format!("{}/{name}", server.rsplit_once('/').expect("a URL ending in /database").0);
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_leaky"))
+            .args(args)
+            .env("LEAKY_DATA_DIR", data.path())
+            .env("LEAKY_DATABASE__URL", &url)
+            .env("LEAKY_SERVER__ADDR", "127.0.0.1:0")
+            .env("LEAKY_LOG", "warn")
+            .output()
+            .expect("leaky runs")
+    };
+    for _ in 0..2 {
+        let out = run(&["migrate", "--config", "/nonexistent.toml"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("PostgreSQL database is up to date"));
+    }
+    let out = run(&["serve", "--config", "/nonexistent.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keeps the ledger in SQLite"), "{out:?}");
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.expect("drop database");
+}

@@ -1,15 +1,18 @@
 //! The schema version: apply the migrations this build carries, and refuse a database whose
-//! schema this build does not know.
+//! schema this build does not know. SQLite and PostgreSQL carry the same versions
+//! (`migrations/sqlite`, `migrations/postgres`).
 
 use std::collections::BTreeSet;
 
-use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
+use sqlx::{PgPool, SqlitePool};
 
 use crate::StoreError;
 
 /// The SQLite migrations of this build.
 static SQLITE: Migrator = sqlx::migrate!("../../migrations/sqlite");
+/// The PostgreSQL migrations of this build.
+static POSTGRES: Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// What to do with migrations this build carries that the database lacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,24 +23,10 @@ pub enum Schema {
     RequireCurrent,
 }
 
-async fn applied(pool: &SqlitePool) -> Result<BTreeSet<i64>, StoreError> {
-    let exists: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
-            .fetch_one(pool)
-            .await?;
-    if exists == 0 {
-        return Ok(BTreeSet::new());
-    }
-    let versions: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?;
-    Ok(versions.into_iter().collect())
-}
-
-/// Checks the database's schema against this build's migrations, applying them if `schema`
-/// says so. Refuses a schema newer than this build, and (unless migrating) one that is behind.
-pub async fn ensure(pool: &SqlitePool, schema: Schema) -> Result<(), StoreError> {
-    let known: BTreeSet<i64> = SQLITE.iter().map(|m| m.version).collect();
-    let applied = applied(pool).await?;
+/// Whether `applied` can be brought to `migrator`'s versions: `Ok(true)` when migrations are
+/// pending and `schema` says to apply them, `Ok(false)` when the schema is current.
+fn check(migrator: &Migrator, applied: &BTreeSet<i64>, schema: Schema) -> Result<bool, StoreError> {
+    let known: BTreeSet<i64> = migrator.iter().map(|m| m.version).collect();
     let latest = known.last().copied().unwrap_or(0);
     if let Some(unknown) = applied.iter().find(|v| !known.contains(v)) {
         return Err(StoreError::Schema(format!(
@@ -45,15 +34,52 @@ pub async fn ensure(pool: &SqlitePool, schema: Schema) -> Result<(), StoreError>
              {latest}): run the release of leaky that wrote it, or a newer one"
         )));
     }
-    let pending: Vec<String> = known.difference(&applied).map(i64::to_string).collect();
-    if pending.is_empty() {
-        return Ok(());
-    }
-    match schema {
-        Schema::Migrate => Ok(SQLITE.run(pool).await?),
-        Schema::RequireCurrent => Err(StoreError::Schema(format!(
+    let pending: Vec<String> = known.difference(applied).map(i64::to_string).collect();
+    match (pending.is_empty(), schema) {
+        (true, _) => Ok(false),
+        (false, Schema::Migrate) => Ok(true),
+        (false, Schema::RequireCurrent) => Err(StoreError::Schema(format!(
             "the database schema is behind this build (migrations {} not applied): run `leaky migrate`",
             pending.join(", ")
         ))),
     }
+}
+
+/// Checks a SQLite database's schema, applying this build's migrations if `schema` says so.
+pub async fn ensure(pool: &SqlitePool, schema: Schema) -> Result<(), StoreError> {
+    let exists: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+            .fetch_one(pool)
+            .await?;
+    let applied: Vec<i64> = if exists == 0 {
+        Vec::new()
+    } else {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?
+    };
+    if check(&SQLITE, &applied.into_iter().collect(), schema)? {
+        SQLITE.run(pool).await?;
+    }
+    Ok(())
+}
+
+/// Checks a PostgreSQL database's schema, applying this build's migrations if `schema` says so.
+pub async fn ensure_postgres(pool: &PgPool, schema: Schema) -> Result<(), StoreError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+    let applied: Vec<i64> = if exists {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?
+    } else {
+        Vec::new()
+    };
+    if check(&POSTGRES, &applied.into_iter().collect(), schema)? {
+        POSTGRES.run(pool).await?;
+    }
+    Ok(())
+}
+
+/// Connects to the PostgreSQL database at `url` and checks (or migrates) its schema.
+pub async fn migrate_postgres(url: &str, schema: Schema) -> Result<(), StoreError> {
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await?;
+    let result = ensure_postgres(&pool, schema).await;
+    pool.close().await;
+    result
 }
