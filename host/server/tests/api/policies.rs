@@ -118,6 +118,8 @@ async fn uploads_are_validated_versioned_and_for_admins_only() {
     }
     let r = app.upload(&admin.token, "hostile", "", b"not a component".to_vec()).await;
     assert_eq!(r.status(), 400);
+    let r = app.upload(&admin.token, "hostile", "", vec![0; 4 * 1024 * 1024 + 1]).await;
+    assert_eq!(r.status(), 413, "a component is at most 4 MiB");
     let after = json_of(app.get("/api/v1/policies", Some(&admin.token)).await).await;
     assert_eq!(before, after, "a refused upload stores nothing");
     assert!(app.get("/api/v1/policies", Some(&user.token)).await.status() == 403);
