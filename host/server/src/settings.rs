@@ -54,6 +54,8 @@ pub struct Settings {
     pub quota: QuotaSettings,
     /// Rate-limiter state shared by replicas.
     pub redis: RedisSettings,
+    /// The event bus of a cluster.
+    pub kafka: KafkaSettings,
     /// Logs and traces.
     pub telemetry: TelemetrySettings,
 }
@@ -123,6 +125,26 @@ pub struct PolicySettings {
     pub compile_timeout_ms: u64,
     /// Where compiled components are cached (default: `compile-cache` in the data directory).
     pub cache_dir: Option<PathBuf>,
+}
+
+/// `kafka.*`: the event bus of a cluster.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// `host:port` list; none keeps the in-process bus.
+    pub brokers: Option<String>,
+    /// Prepended to every topic name (`leaky.usage.v1`, `leaky.purchases.v1`).
+    pub topic_prefix: String,
+    /// The analytics consumer group.
+    pub group_id: String,
+    /// Whether this replica runs a member of the analytics consumer group.
+    pub consume_analytics: bool,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self { brokers: None, topic_prefix: String::new(), group_id: "leaky-analytics".into(), consume_analytics: true }
+    }
 }
 
 /// What a consume does while the shared rate state is unavailable.
@@ -220,6 +242,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             policies: PolicySettings::default(),
             redis: RedisSettings::default(),
+            kafka: KafkaSettings::default(),
             token: TokenSettings::default(),
             quota: QuotaSettings::default(),
             telemetry: TelemetrySettings::default(),

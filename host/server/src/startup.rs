@@ -21,8 +21,9 @@ use crate::services::login_limiter::LoginLimiter;
 use crate::services::policies::{BoundPolicy, load_module};
 use crate::services::saga::Sagas;
 use crate::services::shared_rate::SharedRate;
-use crate::settings::{RedisSettings, Settings, WhenUnavailable};
+use crate::settings::{KafkaSettings, RedisSettings, Settings, WhenUnavailable};
 use crate::state::AppState;
+use leaky_store::kafka::{KafkaBus, KafkaConfig};
 use leaky_store::rate_state::breaker::CircuitBreaker;
 use leaky_store::rate_state::guarded::Guarded;
 use leaky_store::rate_state::redis::RedisRateState;
@@ -60,7 +61,7 @@ impl Application {
         let committed = Arc::new(Notify::new());
         let ledger = LedgerWriter::spawn(db.pool().clone(), Arc::clone(&committed));
         let analytics: Arc<dyn AnalyticsSink> = Arc::new(SqlAnalytics::new(&db));
-        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(vec![Arc::clone(&analytics)]));
+        let bus = event_bus(&settings.kafka, &analytics).await?;
         leaky_store::outbox::spawn_relay(db.clone(), bus, committed);
 
         let defaults = settings.clone();
@@ -135,6 +136,23 @@ fn login_policy(engine: &PolicyEngine, settings: &Settings) -> anyhow::Result<Bo
     ];
     let limiter = load_module(engine, &settings.policies.dir, "token-bucket")?;
     BoundPolicy::bind("token-bucket", 0, limiter, params)
+}
+
+/// The in-process bus feeding the analytics sink, or, when `kafka.brokers` is set, Kafka (and,
+/// if this replica takes part, a member of the analytics consumer group feeding the sink).
+async fn event_bus(settings: &KafkaSettings, analytics: &Arc<dyn AnalyticsSink>) -> anyhow::Result<Arc<dyn EventBus>> {
+    let Some(brokers) = &settings.brokers else {
+        return Ok(Arc::new(InProcessBus::new(vec![Arc::clone(analytics)])));
+    };
+    let config = KafkaConfig { brokers: brokers.clone(), topic_prefix: settings.topic_prefix.clone() };
+    let bus = KafkaBus::connect(config.clone())
+        .await
+        .with_context(|| format!("cannot use Kafka at {brokers} (kafka.brokers)"))?;
+    if settings.consume_analytics {
+        leaky_store::kafka::spawn_analytics_consumer(&config, &settings.group_id, Arc::clone(analytics))?;
+    }
+    tracing::info!(%brokers, consume_analytics = settings.consume_analytics, "events go through Kafka");
+    Ok(Arc::new(bus))
 }
 
 /// The rate state shared by replicas, when `redis.url` is set.

@@ -12,6 +12,9 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The event bus failed (the relay retries the batch).
+    #[error("event bus: {0}")]
+    Bus(String),
     /// The database's schema is not the one this build expects.
     #[error("{0}")]
     Schema(String),

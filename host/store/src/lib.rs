@@ -16,6 +16,7 @@ pub mod bus;
 mod database;
 mod error;
 pub mod events;
+pub mod kafka;
 pub mod ledger;
 pub mod orgs;
 pub mod outbox;

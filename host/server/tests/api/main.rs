@@ -6,6 +6,7 @@ mod helpers;
 mod admin;
 mod auth;
 mod consume;
+mod kafka;
 mod operations;
 mod policies;
 mod policy_sync;

@@ -1,0 +1,186 @@
+//! Kafka: the event bus of a cluster, and the analytics consumer group.
+//!
+//! The outbox relay publishes each event to its versioned topic (`leaky.usage.v1`,
+//! `leaky.purchases.v1`, behind an optional prefix), keyed by user so one user's events stay in
+//! order, through an idempotent producer (`acks=all`), and counts a batch as published only
+//! when every event of it is acknowledged. Each message carries its event id and a W3C
+//! `traceparent` header whose trace id is the event id, so a consumer's spans join the event's
+//! trace. The analytics consumer group feeds an [`AnalyticsSink`] and stores a message's offset
+//! only after the sink recorded it: at least once, and the sink deduplicates by event id, so
+//! replaying a topic changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::StoreError;
+use crate::analytics::AnalyticsSink;
+use crate::bus::{BoxFuture, EventBus};
+use crate::events::{Event, PURCHASE_TOPIC, USAGE_TOPIC};
+
+/// Where the brokers are and how topics are named.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// `host:port` list.
+    pub brokers: String,
+    /// Prepended to every topic name (empty in production; tests isolate themselves with it).
+    pub topic_prefix: String,
+}
+
+fn bus_error(what: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Bus(format!("{what}: {err}"))
+}
+
+impl KafkaConfig {
+    /// The topic names, prefixed.
+    pub fn topics(&self) -> [String; 2] {
+        [format!("{}{USAGE_TOPIC}", self.topic_prefix), format!("{}{PURCHASE_TOPIC}", self.topic_prefix)]
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        config
+    }
+
+    /// Creates the topics when they do not exist (3 partitions, one replica per broker set by
+    /// the cluster's defaults elsewhere).
+    pub async fn ensure_topics(&self) -> Result<(), StoreError> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.client().create().map_err(|e| bus_error("cannot create the Kafka admin client", e))?;
+        let topics = self.topics();
+        let new: Vec<NewTopic<'_>> = topics.iter().map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1))).collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin.create_topics(&new, &options).await.map_err(|e| bus_error("creating topics", e))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(bus_error(&format!("creating topic {topic}"), code)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Publishes outbox batches to Kafka.
+pub struct KafkaBus {
+    producer: FutureProducer,
+    config: KafkaConfig,
+}
+
+/// `00-<event id>-<its last 8 bytes>-01`: a trace whose id is the event's.
+pub fn traceparent(event: &Event) -> String {
+    let id = event.id.simple().to_string();
+    format!("00-{id}-{}-01", &id[16..])
+}
+
+impl KafkaBus {
+    /// An idempotent producer on `config.brokers`; creates the topics if needed.
+    pub async fn connect(config: KafkaConfig) -> Result<Self, StoreError> {
+        config.ensure_topics().await?;
+        let producer = config
+            .client()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "10000")
+            .set("linger.ms", "2")
+            .create()
+            .map_err(|e| bus_error("cannot create the Kafka producer", e))?;
+        Ok(Self { producer, config })
+    }
+}
+
+impl EventBus for KafkaBus {
+    fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let prefix = &self.config.topic_prefix;
+            let mut deliveries = Vec::with_capacity(events.len());
+            for event in events {
+                let topic = format!("{prefix}{}", event.topic());
+                let payload = serde_json::to_vec(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let key = event.user_id.to_string();
+                let event_id = event.id.to_string();
+                let trace = traceparent(event);
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: "event-id", value: Some(event_id.as_bytes()) })
+                    .insert(Header { key: "traceparent", value: Some(trace.as_bytes()) });
+                let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
+                let delivery = self.producer.send_result(record).map_err(|(e, _)| bus_error("queueing an event", e))?;
+                deliveries.push(delivery);
+            }
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((err, _))) => return Err(bus_error("publishing an event", err)),
+                    Err(_) => return Err(StoreError::Bus("the producer dropped an event".into())),
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Runs the analytics consumer group `group` until the task is dropped: each event is recorded
+/// by `sink`, then its offset is stored.
+pub fn spawn_analytics_consumer(
+    config: &KafkaConfig,
+    group: &str,
+    sink: Arc<dyn AnalyticsSink>,
+) -> Result<tokio::task::JoinHandle<()>, StoreError> {
+    let consumer: StreamConsumer = config
+        .client()
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("topic.metadata.refresh.interval.ms", "2000")
+        .create()
+        .map_err(|e| bus_error("cannot create the Kafka consumer", e))?;
+    let topics = config.topics();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).map_err(|e| bus_error("subscribing", e))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let message = match consumer.recv().await {
+                Ok(message) => message,
+                Err(err) => {
+                    tracing::warn!(error = %err, "analytics consumer: receive failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let event = message.payload().map(serde_json::from_slice::<Event>);
+            match event {
+                Some(Ok(event)) => {
+                    // Recorded before its offset is stored: a crash in between replays it, and
+                    // the sink's deduplication makes the replay change nothing.
+                    while let Err(err) = sink.record(std::slice::from_ref(&event)).await {
+                        tracing::warn!(error = %err, "analytics consumer: recording failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    metrics::counter!("leaky_analytics_consumed_total").increment(1);
+                }
+                _ => {
+                    let trace = message
+                        .headers()
+                        .and_then(|h| h.iter().find(|h| h.key == "event-id").and_then(|h| h.value.map(<[u8]>::to_vec)));
+                    tracing::error!(topic = message.topic(), offset = message.offset(), event_id = ?trace.map(String::from_utf8), "analytics consumer: skipping a message that is not an event");
+                    metrics::counter!("leaky_analytics_skipped_total").increment(1);
+                }
+            }
+            if let Err(err) = consumer.store_offset_from_message(&message) {
+                tracing::warn!(error = %err, "analytics consumer: cannot store the offset");
+            }
+        }
+    }))
+}
