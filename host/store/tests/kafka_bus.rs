@@ -36,7 +36,7 @@ fn config() -> Option<KafkaConfig> {
 fn event(user: Uuid, n: u64) -> Event {
     Event {
         id: Uuid::now_v7(),
-        outcome: if n % 10 == 0 { Outcome::Purchased } else { Outcome::Allowed },
+        outcome: if n.is_multiple_of(10) { Outcome::Purchased } else { Outcome::Allowed },
         user_id: user,
         org_id: None,
         provider: "openai".into(),
