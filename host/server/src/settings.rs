@@ -56,6 +56,10 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// The event bus of a cluster.
     pub kafka: KafkaSettings,
+    /// Where analytics events are kept.
+    pub analytics: AnalyticsSettings,
+    /// The Cassandra/ScyllaDB cluster of `analytics.backend = "cassandra"`.
+    pub cassandra: CassandraSettings,
     /// Logs and traces.
     pub telemetry: TelemetrySettings,
 }
@@ -125,6 +129,48 @@ pub struct PolicySettings {
     pub compile_timeout_ms: u64,
     /// Where compiled components are cached (default: `compile-cache` in the data directory).
     pub cache_dir: Option<PathBuf>,
+}
+
+/// Where analytics events are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnalyticsBackend {
+    /// The service's own SQL database.
+    Sql,
+    /// Cassandra or ScyllaDB (`cassandra.*`).
+    Cassandra,
+}
+
+/// `analytics.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalyticsSettings {
+    /// `sql` or `cassandra`.
+    pub backend: AnalyticsBackend,
+}
+
+impl Default for AnalyticsSettings {
+    fn default() -> Self {
+        Self { backend: AnalyticsBackend::Sql }
+    }
+}
+
+/// `cassandra.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CassandraSettings {
+    /// `host:port` list.
+    pub nodes: String,
+    /// The keyspace (created when missing).
+    pub keyspace: String,
+    /// Replication factor of a keyspace this service creates.
+    pub replication_factor: u32,
+}
+
+impl Default for CassandraSettings {
+    fn default() -> Self {
+        Self { nodes: "127.0.0.1:9042".into(), keyspace: "leaky".into(), replication_factor: 1 }
+    }
 }
 
 /// `kafka.*`: the event bus of a cluster.
@@ -243,6 +289,8 @@ impl Default for Settings {
             policies: PolicySettings::default(),
             redis: RedisSettings::default(),
             kafka: KafkaSettings::default(),
+            analytics: AnalyticsSettings::default(),
+            cassandra: CassandraSettings::default(),
             token: TokenSettings::default(),
             quota: QuotaSettings::default(),
             telemetry: TelemetrySettings::default(),

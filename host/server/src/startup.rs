@@ -21,8 +21,9 @@ use crate::services::login_limiter::LoginLimiter;
 use crate::services::policies::{BoundPolicy, load_module};
 use crate::services::saga::Sagas;
 use crate::services::shared_rate::SharedRate;
-use crate::settings::{KafkaSettings, RedisSettings, Settings, WhenUnavailable};
+use crate::settings::{AnalyticsBackend, KafkaSettings, RedisSettings, Settings, WhenUnavailable};
 use crate::state::AppState;
+use leaky_store::cassandra::CassandraAnalytics;
 use leaky_store::kafka::{KafkaBus, KafkaConfig};
 use leaky_store::rate_state::breaker::CircuitBreaker;
 use leaky_store::rate_state::guarded::Guarded;
@@ -60,7 +61,7 @@ impl Application {
 
         let committed = Arc::new(Notify::new());
         let ledger = LedgerWriter::spawn(db.pool().clone(), Arc::clone(&committed));
-        let analytics: Arc<dyn AnalyticsSink> = Arc::new(SqlAnalytics::new(&db));
+        let analytics = analytics_sink(&settings, &db).await?;
         let bus = event_bus(&settings.kafka, &analytics).await?;
         leaky_store::outbox::spawn_relay(db.clone(), bus, committed);
 
@@ -136,6 +137,21 @@ fn login_policy(engine: &PolicyEngine, settings: &Settings) -> anyhow::Result<Bo
     ];
     let limiter = load_module(engine, &settings.policies.dir, "token-bucket")?;
     BoundPolicy::bind("token-bucket", 0, limiter, params)
+}
+
+/// The analytics store: the service's SQL database, or Cassandra/ScyllaDB.
+async fn analytics_sink(settings: &Settings, db: &Database) -> anyhow::Result<Arc<dyn AnalyticsSink>> {
+    Ok(match settings.analytics.backend {
+        AnalyticsBackend::Sql => Arc::new(SqlAnalytics::new(db)),
+        AnalyticsBackend::Cassandra => {
+            let c = &settings.cassandra;
+            let sink = CassandraAnalytics::connect(&c.nodes, &c.keyspace, c.replication_factor)
+                .await
+                .with_context(|| format!("cannot use Cassandra at {} (cassandra.nodes)", c.nodes))?;
+            tracing::info!(nodes = %c.nodes, keyspace = %c.keyspace, "analytics go to Cassandra");
+            Arc::new(sink)
+        }
+    })
 }
 
 /// The in-process bus feeding the analytics sink, or, when `kafka.brokers` is set, Kafka (and,

@@ -12,6 +12,9 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The analytics store failed.
+    #[error("analytics store: {0}")]
+    Analytics(String),
     /// The event bus failed (the relay retries the batch).
     #[error("event bus: {0}")]
     Bus(String),

@@ -13,6 +13,7 @@
 pub mod analytics;
 pub mod api_keys;
 pub mod bus;
+pub mod cassandra;
 mod database;
 mod error;
 pub mod events;
