@@ -21,8 +21,14 @@ fn answers(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
-fn declared_absent(name: &str) -> bool {
-    std::env::var(format!("LEAKY_TEST_{name}")).is_ok_and(|v| v == "absent")
+/// Whether `service` must be started: not declared absent (`LEAKY_TEST_<NAME>=absent`), not
+/// pointed elsewhere by `elsewhere_var`, and nothing answering on `port`.
+fn must_start(name: &str, elsewhere_var: &str, port: u16) -> bool {
+    if std::env::var(format!("LEAKY_TEST_{name}")).is_ok_and(|v| v == "absent") {
+        println!("{name}: declared absent (LEAKY_TEST_{name}=absent); its tests will skip");
+        return false;
+    }
+    std::env::var(elsewhere_var).is_err() && !answers(port)
 }
 
 /// Starts every service the tests need that is not running.
@@ -34,11 +40,7 @@ pub fn ensure() -> Result<()> {
 
 /// Starts tansu (in-memory storage) when nothing answers on 9092.
 fn ensure_kafka() -> Result<()> {
-    if declared_absent("KAFKA") {
-        println!("kafka: declared absent (LEAKY_TEST_KAFKA=absent); its tests will skip");
-        return Ok(());
-    }
-    if std::env::var("LEAKY_TEST_KAFKA_BROKERS").is_ok() || answers(KAFKA_PORT) {
+    if !must_start("KAFKA", "LEAKY_TEST_KAFKA_BROKERS", KAFKA_PORT) {
         return Ok(());
     }
     let (tansu, dir) = tansu()?;
@@ -104,11 +106,7 @@ fn wait_for(name: &str, port: u16) -> Result<()> {
 
 /// Starts the Debian cluster(s) of PostgreSQL (`pg_ctlcluster`) when nothing answers on 5432.
 fn ensure_postgres() -> Result<()> {
-    if declared_absent("POSTGRES") {
-        println!("postgres: declared absent (LEAKY_TEST_POSTGRES=absent); its tests will skip");
-        return Ok(());
-    }
-    if std::env::var("LEAKY_TEST_POSTGRES_URL").is_ok() || answers(POSTGRES_PORT) {
+    if !must_start("POSTGRES", "LEAKY_TEST_POSTGRES_URL", POSTGRES_PORT) {
         return Ok(());
     }
     println!("postgres: not running on 127.0.0.1:{POSTGRES_PORT}; starting it with pg_ctlcluster");
@@ -128,11 +126,7 @@ fn ensure_postgres() -> Result<()> {
 }
 
 fn ensure_redis() -> Result<()> {
-    if declared_absent("REDIS") {
-        println!("redis: declared absent (LEAKY_TEST_REDIS=absent); its tests will skip");
-        return Ok(());
-    }
-    if std::env::var("LEAKY_TEST_REDIS_URL").is_ok() || answers(REDIS_PORT) {
+    if !must_start("REDIS", "LEAKY_TEST_REDIS_URL", REDIS_PORT) {
         return Ok(());
     }
     println!("redis: not running on 127.0.0.1:{REDIS_PORT}; starting redis-server");

@@ -55,8 +55,8 @@ pub struct ComponentInfo {
     pub cached: bool,
 }
 
-/// Hex sha256 of some bytes.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+/// Hex sha256 of a component: the key of its compiled artifact and of its stored versions.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 

@@ -25,6 +25,6 @@ pub use bindings::{Charge, Outcome, Request, Usage, Verdict, Words};
 pub use config::EngineConfig;
 pub use engine::{Policy, PolicyEngine};
 pub use error::{GuestError, LoadError};
-pub use inspect::{ComponentInfo, PolicyKind};
+pub use inspect::{ComponentInfo, PolicyKind, sha256_hex};
 pub use quota_rule::{QuotaRule, QuotaRuleConfig};
 pub use rate_limiter::{Decision, RateLimiter, RateLimiterConfig};

@@ -171,10 +171,17 @@ pub fn spawn_analytics_consumer(
                     metrics::counter!("leaky_analytics_consumed_total").increment(1);
                 }
                 _ => {
-                    let trace = message
+                    let event_id = message
                         .headers()
-                        .and_then(|h| h.iter().find(|h| h.key == "event-id").and_then(|h| h.value.map(<[u8]>::to_vec)));
-                    tracing::error!(topic = message.topic(), offset = message.offset(), event_id = ?trace.map(String::from_utf8), "analytics consumer: skipping a message that is not an event");
+                        .and_then(|h| h.iter().find(|h| h.key == "event-id"))
+                        .and_then(|h| h.value)
+                        .map(String::from_utf8_lossy);
+                    tracing::error!(
+                        topic = message.topic(),
+                        offset = message.offset(),
+                        ?event_id,
+                        "analytics consumer: skipping a message that is not an event"
+                    );
                     metrics::counter!("leaky_analytics_skipped_total").increment(1);
                 }
             }

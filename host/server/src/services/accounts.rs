@@ -50,7 +50,9 @@ impl Account {
     }
 }
 
-fn state_for(state: Option<&RateState>, strategy: &str) -> Option<Words> {
+/// The words of `state` when a limiter of `strategy` wrote them (another strategy's state means
+/// something else, so a limiter starts afresh).
+pub fn state_for(state: Option<&RateState>, strategy: &str) -> Option<Words> {
     state.filter(|s| &*s.strategy == strategy).map(|s| s.words)
 }
 

@@ -17,7 +17,7 @@ use leaky_store::ledger::LedgerWriter;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::services::accounts::{AccountCell, Accounts, lock};
+use crate::services::accounts::{AccountCell, Accounts, lock, state_for};
 use crate::services::policies::{BoundPolicy, BoundQuotaRule, PolicyRegistry};
 use crate::services::reserve::{Attempt, Periods, RateSource};
 use crate::services::shared_rate::SharedRate;
@@ -104,10 +104,7 @@ impl ConsumeService {
     pub async fn rate_state(&self, account: &AccountCell, user: Uuid, provider: &str, strategy: &str) -> Option<Words> {
         match &self.shared {
             None => lock(account).rate_for(strategy),
-            Some(shared) => {
-                let stored = shared.read(user, provider).await.ok().flatten();
-                stored.filter(|s| &*s.strategy == strategy).map(|s| s.words)
-            }
+            Some(shared) => state_for(shared.read(user, provider).await.ok().flatten().as_ref(), strategy),
         }
     }
 

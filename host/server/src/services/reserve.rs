@@ -10,7 +10,7 @@ use leaky_store::ledger::Debit;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::services::accounts::{Account, AccountCell, OrgCell, RateState, lock};
+use crate::services::accounts::{Account, AccountCell, OrgCell, RateState, lock, state_for};
 use crate::services::consume::{ConsumeOutcome, ConsumeRequest, QuotaView, event};
 use crate::services::policies::BoundPolicy;
 
@@ -89,7 +89,7 @@ impl Attempt<'_> {
             RateSource::Local => (true, acct.rate.clone()),
             RateSource::Shared(read) => (false, read),
         };
-        let start = read.as_ref().filter(|s| s.strategy == policy.strategy).map(|s| s.words);
+        let start = state_for(read.as_ref(), &policy.strategy);
         let decision = policy.limiter.decide(&policy.config, start, request).map_err(anyhow::Error::from)?;
         if let Some(shadow) = shadow {
             run_shadow(shadow, &mut acct, request, &req.provider);

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
+use leaky_engine::sha256_hex;
 use leaky_store::policies::{self, Binding, NewVersion, VersionInfo};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::services::policies::bound::Params;
 use crate::services::policies::registry::{PolicyError, PolicyRegistry, set_active, validate_name};
@@ -66,10 +66,6 @@ pub fn params_text(params: BTreeMap<String, toml::Value>) -> Params {
             (k, text)
         })
         .collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// The policy files of `dir`, sorted, as `(file name, path)`.
