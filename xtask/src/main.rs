@@ -114,9 +114,12 @@ fn leaky(root: &Path, args: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
-/// The workspace root: the parent of this crate's directory.
+/// The workspace root: the parent of this crate's directory. `cargo run` says where that is now;
+/// the path compiled in is only a fallback, since a build reused from a clone elsewhere (one
+/// target directory shared by clones) keeps the path of the clone that built it.
 fn workspace_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()));
     manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
 }
 

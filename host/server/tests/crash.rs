@@ -4,7 +4,7 @@
 #![cfg(unix)]
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +17,9 @@ fn free_port() -> u16 {
 }
 
 fn start(data: &Path, port: u16) -> Child {
-    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    let policies =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+            .join("../../policies");
     assert!(policies.join("leaky-bucket.wasm").exists(), "build the components first: `cargo xtask guests`");
     Command::new(env!("CARGO_BIN_EXE_leaky"))
         .args(["serve", "--config", "/nonexistent/leaky.toml"])

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn workspace_file(path: &str) -> PathBuf {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+    let file =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+            .join("../..")
+            .join(path);
     assert!(file.exists(), "{} is missing: build the components first with `cargo xtask guests`", file.display());
     file
 }

@@ -10,7 +10,8 @@ use leaky_server::{Application, bootstrap};
 use serde_json::{Value, json};
 
 fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../..")
 }
 
 fn leaky(args: &[&str], env: &[(&str, &str)]) -> Output {

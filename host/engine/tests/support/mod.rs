@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use leaky_engine::{EngineConfig, PolicyEngine, Request, Usage};
 
 fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../..")
 }
 
 fn read(path: PathBuf) -> Vec<u8> {

@@ -16,7 +16,9 @@ pub fn component(name: &str) -> Vec<u8> {
 
 /// A hostile fixture.
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../guests/fixtures/wasm/{name}.wasm"));
+    let path =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+            .join(format!("../../guests/fixtures/wasm/{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (build with `cargo xtask guests`)", path.display()))
 }
 
