@@ -1,7 +1,7 @@
 //! Making admins: `leaky admin create` and `LEAKY_BOOTSTRAP_ADMIN=user:password` at start.
 
+use leaky_store::Pool;
 use leaky_store::users;
-use sqlx::SqlitePool;
 
 use crate::auth::hash_password;
 use crate::routes::validate;
@@ -9,7 +9,7 @@ use crate::state::AppState;
 
 /// Creates an admin, or makes an existing user an admin (keeping its other roles) and sets its
 /// password. Returns the user id.
-pub async fn create_admin(pool: &SqlitePool, username: &str, password: &str) -> anyhow::Result<uuid::Uuid> {
+pub async fn create_admin(pool: &Pool, username: &str, password: &str) -> anyhow::Result<uuid::Uuid> {
     validate::username(username).map_err(|e| anyhow::anyhow!("{e}"))?;
     validate::password(password).map_err(|e| anyhow::anyhow!("{e}"))?;
     let hash = hash_password(password.to_string()).await?;

@@ -42,12 +42,6 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
-        if crate::cli::is_postgres(&settings.database_url()) {
-            anyhow::bail!(
-                "database.url names PostgreSQL: `leaky migrate` prepares its schema, but this release keeps the \
-                 ledger in SQLite; leave database.url unset or give a sqlite:// URL"
-            );
-        }
         let schema = if settings.database.migrate_on_start { Schema::Migrate } else { Schema::RequireCurrent };
         let db = Database::open_with(&settings.database_url(), schema).await.context("cannot open the database")?;
         let engine = PolicyEngine::new(EngineConfig {

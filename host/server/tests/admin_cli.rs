@@ -49,7 +49,13 @@ async fn admins_are_created_from_stdin_and_from_the_environment() {
         .args(["serve", "--config", "/nonexistent.toml"])
         .env("LEAKY_DATA_DIR", data.path())
         .env("LEAKY_SERVER__ADDR", format!("127.0.0.1:{port}"))
-        .env("LEAKY_POLICIES__DIR", std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies"))
+        .env(
+            "LEAKY_POLICIES__DIR",
+            std::path::PathBuf::from(
+                std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+            )
+            .join("../../policies"),
+        )
         .env("LEAKY_BOOTSTRAP_ADMIN", "boot:boot-password")
         .env("LEAKY_LOG", "warn")
         .stdout(Stdio::null())
@@ -98,7 +104,7 @@ async fn serve_refuses_a_schema_behind_it_when_told_not_to_migrate_and_says_what
 }
 
 #[tokio::test]
-async fn migrate_prepares_a_postgres_database_and_serve_says_the_ledger_stays_in_sqlite() {
+async fn migrate_prepares_a_postgres_database_that_serve_then_runs_on() {
     use sqlx::Connection;
     if std::env::var("LEAKY_TEST_POSTGRES").is_ok_and(|v| v == "absent") {
         eprintln!("SKIPPED: LEAKY_TEST_POSTGRES=absent declares PostgreSQL absent");
@@ -127,8 +133,39 @@ async fn migrate_prepares_a_postgres_database_and_serve_says_the_ledger_stays_in
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("PostgreSQL database is up to date"));
     }
-    let out = run(&["serve", "--config", "/nonexistent.toml"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("keeps the ledger in SQLite"), "{out:?}");
+    // Serving requires the schema to be current (no migration at start) and runs on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_leaky"))
+        .args(["serve", "--config", "/nonexistent.toml"])
+        .env("LEAKY_DATA_DIR", data.path())
+        .env("LEAKY_DATABASE__URL", &url)
+        .env("LEAKY_DATABASE__MIGRATE_ON_START", "false")
+        .env("LEAKY_SERVER__ADDR", format!("127.0.0.1:{port}"))
+        .env(
+            "LEAKY_POLICIES__DIR",
+            std::path::PathBuf::from(
+                std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+            )
+            .join("../../policies"),
+        )
+        .env("LEAKY_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("leaky serve starts");
+    let client = reqwest::Client::new();
+    let status_url = format!("http://127.0.0.1:{port}/api/v1/tokens/status");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status: serde_json::Value = loop {
+        if let Ok(r) = client.get(&status_url).send().await
+            && r.status() == 200
+        {
+            break r.json().await.expect("json");
+        }
+        assert!(std::time::Instant::now() < deadline, "leaky serve did not answer on PostgreSQL");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    serve.kill().expect("kill");
+    serve.wait().expect("reaped");
+    assert_eq!(status["storage"]["database"], "postgres", "{status}");
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.expect("drop database");
 }

@@ -1,12 +1,13 @@
 //! The analytics sink: records events once each and answers usage reports.
 
 use serde::Serialize;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::Row;
 use uuid::Uuid;
 
-use crate::StoreError;
 use crate::bus::BoxFuture;
 use crate::events::Event;
+use crate::sql::Sql;
+use crate::{Pool, StoreError};
 
 /// What a report covers.
 #[derive(Clone, Debug)]
@@ -85,8 +86,8 @@ pub trait AnalyticsSink: Send + Sync {
 
 /// The SQL sink, in the service's own database.
 pub struct SqlAnalytics {
-    pool: SqlitePool,
-    readers: SqlitePool,
+    pool: Pool,
+    readers: Pool,
 }
 
 impl SqlAnalytics {
@@ -96,20 +97,17 @@ impl SqlAnalytics {
     }
 }
 
-fn filtered<'q>(select: &str, q: &'q ReportQuery) -> QueryBuilder<'q, Sqlite> {
-    let mut b = QueryBuilder::new(select);
-    b.push(" FROM analytics_events WHERE occurred_at >= ")
-        .push_bind(q.from)
-        .push(" AND occurred_at < ")
-        .push_bind(q.to);
+fn filtered<'q>(select: &str, q: &'q ReportQuery) -> Sql<'q> {
+    let mut b = Sql::new(select);
+    b.push(" FROM analytics_events WHERE occurred_at >= ").bind(q.from).push(" AND occurred_at < ").bind(q.to);
     if let Some(user) = q.user_id {
-        b.push(" AND user_id = ").push_bind(user.to_string());
+        b.push(" AND user_id = ").bind(user.to_string());
     }
     if let Some(org) = q.org_id {
-        b.push(" AND org_id = ").push_bind(org.to_string());
+        b.push(" AND org_id = ").bind(org.to_string());
     }
     if let Some(provider) = &q.provider {
-        b.push(" AND provider = ").push_bind(provider.clone());
+        b.push(" AND provider = ").bind(provider.clone());
     }
     b
 }
@@ -122,20 +120,21 @@ impl AnalyticsSink for SqlAnalytics {
             }
             let mut tx = self.pool.begin().await?;
             for chunk in events.chunks(2000) {
-                let mut insert = QueryBuilder::<Sqlite>::new(
-                    "INSERT OR IGNORE INTO analytics_events (event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at) ",
+                let mut insert = Sql::new(
+                    "INSERT INTO analytics_events (event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at) ",
                 );
-                insert.push_values(chunk, |mut row, e| {
-                    row.push_bind(e.id.to_string())
-                        .push_bind(e.user_id.to_string())
-                        .push_bind(e.org_id.map(|o| o.to_string()))
-                        .push_bind(e.provider.clone())
-                        .push_bind(e.model.clone())
-                        .push_bind(i64::try_from(e.tokens).unwrap_or(i64::MAX))
-                        .push_bind(e.outcome.as_str())
-                        .push_bind(e.occurred_at);
+                insert.values(chunk, |row, e| {
+                    row.bind(e.id.to_string())
+                        .bind(e.user_id.to_string())
+                        .bind(e.org_id.map(|o| o.to_string()))
+                        .bind(e.provider.clone())
+                        .bind(e.model.clone())
+                        .bind(i64::try_from(e.tokens).unwrap_or(i64::MAX))
+                        .bind(e.outcome.as_str())
+                        .bind(e.occurred_at);
                 });
-                insert.build().execute(&mut *tx).await?;
+                insert.push(" ON CONFLICT (event_id) DO NOTHING");
+                insert.execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -145,13 +144,13 @@ impl AnalyticsSink for SqlAnalytics {
     fn report<'a>(&'a self, q: &'a ReportQuery) -> BoxFuture<'a, Result<Report, StoreError>> {
         Box::pin(async move {
             let totals = filtered(
-                "SELECT COALESCE(SUM(CASE WHEN outcome = 'allowed' THEN tokens END), 0) AS tokens, \
-                 COALESCE(SUM(outcome = 'allowed'), 0) AS requests, \
-                 COALESCE(SUM(outcome = 'rate_limited'), 0) AS rate_limited, \
-                 COALESCE(SUM(outcome = 'quota_rejected'), 0) AS quota_rejected",
+                "SELECT CAST(COALESCE(SUM(CASE WHEN outcome = 'allowed' THEN tokens END), 0) AS BIGINT) AS tokens, \
+                 CAST(COALESCE(SUM(CASE WHEN outcome = 'allowed' THEN 1 ELSE 0 END), 0) AS BIGINT) AS requests, \
+                 CAST(COALESCE(SUM(CASE WHEN outcome = 'rate_limited' THEN 1 ELSE 0 END), 0) AS BIGINT) AS rate_limited, \
+                 CAST(COALESCE(SUM(CASE WHEN outcome = 'quota_rejected' THEN 1 ELSE 0 END), 0) AS BIGINT) \
+                 AS quota_rejected",
                 q,
             )
-            .build()
             .fetch_one(&self.readers)
             .await?;
             let totals = Totals {
@@ -163,12 +162,11 @@ impl AnalyticsSink for SqlAnalytics {
             // The bucket length is an integer chosen by the server, never user text.
             let bucket = q.bucket_ms.max(1);
             let select = format!(
-                "SELECT (occurred_at / {bucket}) * {bucket} AS start, SUM(tokens) AS tokens, COUNT(*) AS requests"
+                "SELECT (occurred_at / {bucket}) * {bucket} AS start, CAST(SUM(tokens) AS BIGINT) AS tokens, COUNT(*) AS requests"
             );
             let mut series = filtered(&select, q);
             series.push(" AND outcome = 'allowed' GROUP BY start ORDER BY start");
             let series = series
-                .build()
                 .fetch_all(&self.readers)
                 .await?
                 .iter()
@@ -180,10 +178,10 @@ impl AnalyticsSink for SqlAnalytics {
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            let mut by_provider = filtered("SELECT provider, SUM(tokens) AS tokens, COUNT(*) AS requests", q);
+            let mut by_provider =
+                filtered("SELECT provider, CAST(SUM(tokens) AS BIGINT) AS tokens, COUNT(*) AS requests", q);
             by_provider.push(" AND outcome = 'allowed' GROUP BY provider ORDER BY provider");
             let by_provider = by_provider
-                .build()
                 .fetch_all(&self.readers)
                 .await?
                 .iter()

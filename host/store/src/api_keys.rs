@@ -1,10 +1,11 @@
 //! API keys. Only a hash of each secret is stored; the key is shown once, at creation.
 
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
 use uuid::Uuid;
 
 use crate::users::parse_uuid;
-use crate::{StoreError, now_ms};
+use crate::{Pool, StoreError, now_ms};
 
 /// A stored API key (without its secret).
 #[derive(Clone, Debug)]
@@ -25,7 +26,7 @@ pub struct ApiKey {
     pub revoked_at: Option<i64>,
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApiKey, StoreError> {
+fn from_row(row: &sqlx::any::AnyRow) -> Result<ApiKey, StoreError> {
     Ok(ApiKey {
         id: parse_uuid(&row.try_get::<String, _>("id")?)?,
         user_id: parse_uuid(&row.try_get::<String, _>("user_id")?)?,
@@ -39,7 +40,7 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApiKey, StoreError> {
 
 /// Stores a new key by the hash of its secret.
 pub async fn create(
-    pool: &SqlitePool,
+    pool: &Pool,
     user_id: Uuid,
     name: &str,
     prefix: &str,
@@ -56,7 +57,7 @@ pub async fn create(
         revoked_at: None,
     };
     sqlx::query(
-        "INSERT INTO api_keys (id, user_id, name, prefix, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO api_keys (id, user_id, name, prefix, secret_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(key.id.to_string())
     .bind(user_id.to_string())
@@ -71,8 +72,8 @@ pub async fn create(
 }
 
 /// A user's keys, newest first.
-pub async fn list(pool: &SqlitePool, user_id: Uuid) -> Result<Vec<ApiKey>, StoreError> {
-    let rows = sqlx::query("SELECT * FROM api_keys WHERE user_id = ? ORDER BY created_at DESC")
+pub async fn list(pool: &Pool, user_id: Uuid) -> Result<Vec<ApiKey>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC")
         .bind(user_id.to_string())
         .fetch_all(pool)
         .await?;
@@ -80,9 +81,9 @@ pub async fn list(pool: &SqlitePool, user_id: Uuid) -> Result<Vec<ApiKey>, Store
 }
 
 /// The live (not revoked, not expired) key with this secret hash.
-pub async fn live_by_hash(pool: &SqlitePool, secret_hash: &str) -> Result<Option<ApiKey>, StoreError> {
+pub async fn live_by_hash(pool: &Pool, secret_hash: &str) -> Result<Option<ApiKey>, StoreError> {
     let row = sqlx::query(
-        "SELECT * FROM api_keys WHERE secret_hash = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
+        "SELECT * FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
     )
     .bind(secret_hash)
     .bind(now_ms())
@@ -92,8 +93,8 @@ pub async fn live_by_hash(pool: &SqlitePool, secret_hash: &str) -> Result<Option
 }
 
 /// Revokes a key owned by `user_id`; `false` when there is no such live key of that user.
-pub async fn revoke(pool: &SqlitePool, user_id: Uuid, key_id: Uuid) -> Result<bool, StoreError> {
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL")
+pub async fn revoke(pool: &Pool, user_id: Uuid, key_id: Uuid) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL")
         .bind(now_ms())
         .bind(key_id.to_string())
         .bind(user_id.to_string())

@@ -1,28 +1,63 @@
-//! Opening the database and applying migrations.
+//! Opening the database (SQLite or PostgreSQL) and applying migrations.
+//!
+//! Repositories are written once, against sqlx's `Any` driver, in SQL both databases accept
+//! (`$N` placeholders, `ON CONFLICT`, `RETURNING`, no `MAX(a, b)`); where the two differ,
+//! [`Backend`] says which one is serving.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool, Executor};
 
 use crate::StoreError;
 use crate::schema::Schema;
 
-/// The database, with the schema applied: one write connection and a pool of readers.
+/// The pool type every repository takes.
+pub type Pool = AnyPool;
+
+/// Which database serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file: one process owns it.
+    Sqlite,
+    /// A PostgreSQL server, which several replicas may share.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names.
+    pub fn of_url(url: &str) -> Result<Self, StoreError> {
+        match url.split_once(':').map(|(scheme, _)| scheme) {
+            Some("sqlite") => Ok(Self::Sqlite),
+            Some("postgres" | "postgresql") => Ok(Self::Postgres),
+            _ => Err(StoreError::Schema(format!(
+                "database.url must start with sqlite:// or postgres://, not {:?}",
+                url.split_once("://").map_or(url, |(scheme, _)| scheme)
+            ))),
+        }
+    }
+}
+
+/// How many connections a PostgreSQL pool keeps open at most.
+const POSTGRES_CONNECTIONS: u32 = 16;
+
+/// The database, with the schema applied.
 ///
-/// SQLite admits one writer at a time, and a writer that finds the database locked sleeps in
-/// growing steps (1, 2, 5, 10 ms, ...). Funnelling every write through one connection makes
-/// writers queue in the pool instead, so the ledger's group commits never sleep behind the
-/// outbox relay; readers (WAL mode) never wait for the writer.
+/// On SQLite: one write connection and a pool of readers. SQLite admits one writer at a time,
+/// and a writer that finds the database locked sleeps in growing steps (1, 2, 5, 10 ms, ...).
+/// Funnelling every write through one connection makes writers queue in the pool instead, so
+/// the ledger's group commits never sleep behind the outbox relay; readers (WAL mode) never
+/// wait for the writer. On PostgreSQL: one pool for both.
 #[derive(Clone)]
 pub struct Database {
-    pool: SqlitePool,
-    readers: SqlitePool,
+    pool: Pool,
+    readers: Pool,
+    backend: Backend,
 }
 
 impl Database {
-    /// Opens (creating if missing) the database at `url` (`sqlite://path`) and migrates it.
+    /// Opens the database at `url` (`sqlite://path`, created if missing, or `postgres://...`)
+    /// and migrates it.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         Self::open_with(url, Schema::Migrate).await
     }
@@ -30,34 +65,77 @@ impl Database {
     /// Opens the database at `url`, migrating it or requiring it to be current as `schema`
     /// says; a schema newer than this build is always refused.
     pub async fn open_with(url: &str, schema: Schema) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // Every committed transaction is on disk before anyone is answered.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-        crate::schema::ensure(&pool, schema).await?;
-        let readers = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
-        Ok(Self { pool, readers })
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)?;
+        let db = match backend {
+            Backend::Sqlite => {
+                let pool = sqlite_pool(url, "rwc", 1).await?;
+                crate::schema::ensure(&pool, backend, schema).await?;
+                let readers = sqlite_pool(url, "ro", 4).await?;
+                Self { pool, readers, backend }
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(POSTGRES_CONNECTIONS)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?;
+                crate::schema::ensure(&pool, backend, schema).await?;
+                Self { readers: pool.clone(), pool, backend }
+            }
+        };
+        Ok(db)
     }
 
-    /// The pool to write (and read) through: a single connection.
-    pub fn pool(&self) -> &SqlitePool {
+    /// The pool to write (and read) through; on SQLite a single connection.
+    pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
-    /// Read-only connections, for queries that should not wait behind writes (reports, the
-    /// outbox relay's scan).
-    pub fn readers(&self) -> &SqlitePool {
+    /// Connections for queries that should not wait behind writes (reports, the outbox
+    /// relay's scan); read-only on SQLite.
+    pub fn readers(&self) -> &Pool {
         &self.readers
+    }
+
+    /// Which database serves.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether other processes may write this database too (so this process's in-memory
+    /// view of quotas can be behind).
+    pub fn is_shared(&self) -> bool {
+        self.backend == Backend::Postgres
     }
 
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.readers).await.is_ok()
     }
+}
+
+/// A pool on the SQLite file at `url`, opened in `mode` (`rwc`: read-write, created if
+/// missing; `ro`: read-only): WAL journal, every commit on disk before anyone is answered,
+/// foreign keys on, and a 10 s wait for a lock.
+async fn sqlite_pool(url: &str, mode: &'static str, connections: u32) -> Result<Pool, StoreError> {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{separator}mode={mode}");
+    let pool = AnyPoolOptions::new()
+        .max_connections(connections)
+        .after_connect(move |conn: &mut AnyConnection, _| {
+            Box::pin(async move {
+                if mode != "ro" {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                }
+                conn.execute("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000")
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await?;
+    Ok(pool)
 }
 
 /// Milliseconds since the Unix epoch.

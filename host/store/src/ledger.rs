@@ -1,21 +1,26 @@
 //! The ledger writer: group commit of debits and their events.
 //!
-//! A durable SQLite transaction costs an fsync, a few milliseconds; one per request would cap
-//! the service at a few hundred requests per second. Instead every request hands its debit to
-//! one writer task, which commits whatever has queued up (up to [`MAX_BATCH`]) in one
-//! transaction: the ledger rows, the quota updates and the outbox events together. Each
-//! caller is answered only after the transaction holding its debit committed, so an answered
-//! consume is never lost, and a failed transaction fails every debit in it (the caller then
-//! undoes its in-memory reservation).
+//! A durable transaction costs an fsync, a few milliseconds; one per request would cap the
+//! service at a few hundred requests per second. Instead every request hands its debit to one
+//! writer task, which commits whatever has queued up (up to [`MAX_BATCH`]) in one transaction:
+//! the ledger rows, the quota updates and the outbox events together. Each caller is answered
+//! only after the transaction holding its debit committed, so an answered consume is never
+//! lost, and a failed transaction fails every debit in it (the caller then undoes its
+//! in-memory reservation).
+//!
+//! The transaction decides too: it checks each debit against the stored quota counters (rows
+//! locked on PostgreSQL), so replicas sharing the database, each deciding from its own view,
+//! never spend more than a quota holds together ([`Committed::Refused`]).
 
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
-use std::collections::BTreeMap;
+use sqlx::Row;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::events::Event;
-use crate::{StoreError, now_ms};
+use crate::sql::Sql;
+use crate::{Pool, StoreError, now_ms};
 
 /// Most writes in one transaction (bounded by SQLite's 32,766 bound parameters per statement).
 pub const MAX_BATCH: usize = 2048;
@@ -45,8 +50,49 @@ pub struct Debit {
     pub event: Event,
 }
 
+/// A quota's standing as the database holds it after a commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// The limit of the period.
+    pub limit: i64,
+    /// Spent in the period.
+    pub used: i64,
+    /// Start of the period.
+    pub period_start: i64,
+}
+
+/// Which quota refused a debit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The user's own.
+    User,
+    /// The user's org's.
+    Org,
+}
+
+/// What the database made of a debit. Replicas sharing a database each keep their own view of
+/// the quotas; the commit checks every debit against the stored counters (the rows locked), so
+/// together they never spend more than a quota holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// Spent; the user's quota (and the org's) as stored after the commit.
+    Spent {
+        /// The user's quota.
+        user: Standing,
+        /// The org's, when the debit charged one.
+        org: Option<Standing>,
+    },
+    /// Refused: the `scope` quota, as stored, had too little left. Nothing was written.
+    Refused {
+        /// The quota that refused.
+        scope: Scope,
+        /// Its standing.
+        standing: Standing,
+    },
+}
+
 enum Write {
-    Debit(Debit, oneshot::Sender<Result<(), StoreError>>),
+    Debit(Debit, oneshot::Sender<Result<Committed, StoreError>>),
     Event(Event),
 }
 
@@ -59,14 +105,14 @@ pub struct LedgerWriter {
 impl LedgerWriter {
     /// Starts the writer task. `committed` is notified after every commit (the outbox relay
     /// waits on it).
-    pub fn spawn(pool: SqlitePool, committed: Arc<Notify>) -> Self {
+    pub fn spawn(pool: Pool, committed: Arc<Notify>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         crate::runtime::spawn(run(pool, receiver, committed));
         Self { queue }
     }
 
-    /// Commits a debit; returns once it is durable.
-    pub async fn debit(&self, debit: Debit) -> Result<(), StoreError> {
+    /// Commits a debit, unless a stored quota refuses it; returns once the answer is durable.
+    pub async fn debit(&self, debit: Debit) -> Result<Committed, StoreError> {
         let (done, answer) = oneshot::channel();
         self.queue.send(Write::Debit(debit, done)).await.map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
@@ -80,7 +126,11 @@ impl LedgerWriter {
     }
 }
 
-async fn run(pool: SqlitePool, mut receiver: mpsc::Receiver<Write>, committed: Arc<Notify>) {
+/// Times a batch is tried again after the database broke a lock cycle or a serialization
+/// conflict (PostgreSQL, replicas committing at once).
+const RETRIES: usize = 3;
+
+async fn run(pool: Pool, mut receiver: mpsc::Receiver<Write>, committed: Arc<Notify>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = receiver.recv().await {
         batch.push(first);
@@ -92,24 +142,50 @@ async fn run(pool: SqlitePool, mut receiver: mpsc::Receiver<Write>, committed: A
         }
         metrics::histogram!("leaky_ledger_batch_size").record(batch.len() as f64);
         let started = std::time::Instant::now();
-        let result = commit(&pool, &batch).await;
+        let mut result = commit(&pool, &batch).await;
+        for _ in 0..RETRIES {
+            match &result {
+                Err(StoreError::Database(err)) if is_transient(err) => {
+                    metrics::counter!("leaky_ledger_retries_total").increment(1);
+                    result = commit(&pool, &batch).await;
+                }
+                _ => break,
+            }
+        }
         metrics::histogram!("leaky_ledger_commit_seconds").record(started.elapsed().as_secs_f64());
         if let Err(err) = &result {
             tracing::error!(error = %err, writes = batch.len(), "ledger batch failed; every debit in it is refused");
         }
+        let mut answers = match result {
+            Ok(answers) => answers.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(err) => vec![Err(err.to_string()); batch.len()],
+        }
+        .into_iter();
         for write in batch.drain(..) {
+            let answer = answers.next().unwrap_or_else(|| Err("no answer".into()));
             if let Write::Debit(_, done) = write {
-                let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| StoreError::CommitFailed(e.to_string())));
+                let answer = answer.and_then(|a| a.ok_or_else(|| "no answer".to_string()));
+                let _ = done.send(answer.map_err(StoreError::CommitFailed));
             }
         }
         committed.notify_waiters();
     }
 }
 
-/// Commits a batch in one transaction with one statement per table: the ledger rows, the
-/// outbox rows, and the quota counters (summed per quota first, since a batch often holds
-/// several debits of one user or org).
-async fn commit(pool: &SqlitePool, batch: &[Write]) -> Result<(), StoreError> {
+/// A PostgreSQL deadlock or serialization failure: the same batch may well commit when tried
+/// again.
+fn is_transient(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
+/// A quota row: (owner type, owner id, provider).
+type QuotaKey = (&'static str, Uuid, String);
+
+/// Commits a batch in one transaction: makes sure every user has a quota row, locks the quota
+/// rows the batch touches, decides each debit against them in order, then writes the granted
+/// debits' ledger rows, the counters and the outbox events, one statement per table. The answer
+/// has one entry per write (`None` for an event).
+async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, StoreError> {
     let now = now_ms();
     let debits: Vec<&Debit> = batch
         .iter()
@@ -118,120 +194,201 @@ async fn commit(pool: &SqlitePool, batch: &[Write]) -> Result<(), StoreError> {
             Write::Event(_) => None,
         })
         .collect();
-    let events: Vec<&Event> = batch
-        .iter()
-        .map(|w| match w {
-            Write::Debit(d, _) => &d.event,
-            Write::Event(e) => e,
-        })
-        .collect();
-    // Per quota: the newest period in the batch and the tokens spent in it. (A debit of an older
-    // period, from a batch racing midnight, counts in a period that has already been reset.)
-    let mut users: BTreeMap<(Uuid, &str), Spent> = BTreeMap::new();
-    let mut orgs: BTreeMap<(Uuid, &str), Spent> = BTreeMap::new();
+    let mut tx = pool.begin().await?;
+    let postgres = tx.backend_name() == POSTGRES;
+    let mut standings =
+        if debits.is_empty() { BTreeMap::new() } else { lock_quotas(&mut tx, &debits, postgres, now).await? };
+
+    // Decide each debit against the stored counters, in the order they were queued.
+    let mut granted = Vec::with_capacity(debits.len());
+    let mut decisions = Vec::with_capacity(debits.len());
+    let mut touched = BTreeSet::new();
     for d in &debits {
-        let tokens = i64::try_from(d.tokens).unwrap_or(i64::MAX);
-        users
-            .entry((d.user_id, d.provider.as_str()))
-            .or_insert(Spent::new(d.user_limit))
-            .add(d.user_period_start, tokens);
-        if let Some((org, start)) = d.org {
-            orgs.entry((org, d.provider.as_str())).or_insert(Spent::new(0)).add(start, tokens);
+        let decision = decide(d, &mut standings, &mut touched)?;
+        if matches!(decision, Committed::Spent { .. }) {
+            granted.push(*d);
         }
+        decisions.push(decision);
     }
 
-    let mut tx = pool.begin().await?;
-    if !debits.is_empty() {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ",
-        );
-        insert.push_values(&debits, |mut row, d| {
-            row.push_bind(d.entry_id.to_string())
-                .push_bind("consume")
-                .push_bind(d.user_id.to_string())
-                .push_bind(d.org.map(|(id, _)| id.to_string()))
-                .push_bind(d.provider.clone())
-                .push_bind(i64::try_from(d.tokens).unwrap_or(i64::MAX))
-                .push_bind(d.request_id.clone())
-                .push_bind(now);
+    if !granted.is_empty() {
+        let mut insert =
+            Sql::new("INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ");
+        insert.values(&granted, |row, d| {
+            row.bind(d.entry_id.to_string())
+                .bind("consume")
+                .bind(d.user_id.to_string())
+                .bind(d.org.map(|(id, _)| id.to_string()))
+                .bind(d.provider.clone())
+                .bind(i64::try_from(d.tokens).unwrap_or(i64::MAX))
+                .bind(d.request_id.clone())
+                .bind(now);
         });
-        insert.build().execute(&mut *tx).await?;
+        insert.execute(&mut *tx).await?;
 
-        // Counters move by the batch's sum, one statement per owner type (each statement is a
-        // round trip to SQLite's thread). A user's first spend creates the row with its default
-        // limit, so a new user costs no write of its own. A later period restarts a counter; an
-        // earlier one than stored is ignored.
-        let mut upsert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
-        );
-        upsert.push_values(&users, |mut row, ((id, provider), spent)| {
-            row.push_bind("user")
-                .push_bind(id.to_string())
-                .push_bind(provider.to_string())
-                .push_bind(spent.limit)
-                .push_bind(spent.tokens)
-                .push_bind("none")
-                .push_bind(spent.period_start)
-                .push_bind(now);
+        let mut update = Sql::new("UPDATE quotas SET used = v.column4, period_start = v.column5, updated_at = ");
+        update.bind(now).push(" FROM (");
+        update.values(touched.iter().filter_map(|k| standings.get_key_value(k)), |row, ((kind, id, provider), s)| {
+            row.bind(*kind).bind(id.to_string()).bind(provider.clone()).bind(s.used).bind(s.period_start);
         });
-        upsert.push(
-            " ON CONFLICT (owner_type, owner_id, provider) DO UPDATE SET \
-               used = CASE WHEN quotas.period_start = excluded.period_start THEN quotas.used + excluded.used \
-                           WHEN quotas.period_start < excluded.period_start THEN excluded.used ELSE quotas.used END, \
-               period_start = MAX(quotas.period_start, excluded.period_start), updated_at = excluded.updated_at",
+        update.push(
+            ") AS v WHERE quotas.owner_type = v.column1 AND quotas.owner_id = v.column2 \
+             AND quotas.provider = v.column3",
         );
-        upsert.build().execute(&mut *tx).await?;
-        if !orgs.is_empty() {
-            let mut update = QueryBuilder::<Sqlite>::new("WITH spent(owner_id, provider, tokens, period_start) AS (");
-            update.push_values(&orgs, |mut row, ((id, provider), spent)| {
-                row.push_bind(id.to_string())
-                    .push_bind(provider.to_string())
-                    .push_bind(spent.tokens)
-                    .push_bind(spent.period_start);
-            });
-            update.push(
-                ") UPDATE quotas SET \
-                   used = CASE WHEN quotas.period_start = s.period_start THEN quotas.used + s.tokens ELSE s.tokens END, \
-                   period_start = s.period_start, updated_at = ",
-            );
-            update.push_bind(now);
-            update.push(
-                " FROM spent AS s WHERE quotas.owner_type = 'org' AND quotas.owner_id = s.owner_id \
-                 AND quotas.provider = s.provider AND quotas.period_start <= s.period_start",
-            );
-            update.build().execute(&mut *tx).await?;
+        update.execute(&mut *tx).await?;
+    }
+
+    let mut events = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut decisions = decisions.into_iter();
+    for write in batch {
+        match write {
+            Write::Debit(d, _) => {
+                let decision =
+                    decisions.next().ok_or_else(|| StoreError::Corrupt("a debit lost its decision".into()))?;
+                if matches!(decision, Committed::Spent { .. }) {
+                    events.push(&d.event);
+                }
+                answers.push(Some(decision));
+            }
+            Write::Event(e) => {
+                events.push(e);
+                answers.push(None);
+            }
         }
     }
     insert_events(&mut tx, &events, now).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(answers)
 }
 
-/// What a batch spends on one quota.
-struct Spent {
-    limit: i64,
-    period_start: i64,
-    tokens: i64,
-}
+/// The name sqlx gives the PostgreSQL backend.
+const POSTGRES: &str = "PostgreSQL";
 
-impl Spent {
-    fn new(limit: i64) -> Self {
-        Self { limit, period_start: i64::MIN, tokens: 0 }
-    }
-
-    fn add(&mut self, period_start: i64, tokens: i64) {
-        if period_start > self.period_start {
-            self.period_start = period_start;
-            self.tokens = 0;
+/// Creates the quota rows of users spending for the first time (with their default limits),
+/// then reads, and on PostgreSQL locks, every quota row the batch touches, in one order for all
+/// replicas (so two batches never wait for each other in a cycle).
+async fn lock_quotas(
+    tx: &mut sqlx::AnyConnection,
+    debits: &[&Debit],
+    postgres: bool,
+    now: i64,
+) -> Result<BTreeMap<QuotaKey, Standing>, StoreError> {
+    let mut users: BTreeMap<(Uuid, &str), &Debit> = BTreeMap::new();
+    let mut keys: BTreeSet<QuotaKey> = BTreeSet::new();
+    for d in debits {
+        users.entry((d.user_id, d.provider.as_str())).or_insert(d);
+        keys.insert(("user", d.user_id, d.provider.clone()));
+        if let Some((org, _)) = d.org {
+            keys.insert(("org", org, d.provider.clone()));
         }
-        if period_start == self.period_start {
-            self.tokens += tokens;
-        }
     }
+    let mut create = Sql::new(
+        "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
+    );
+    create.values(&users, |row, ((id, provider), d)| {
+        row.bind("user")
+            .bind(id.to_string())
+            .bind(provider.to_string())
+            .bind(d.user_limit)
+            .bind(0_i64)
+            .bind("none")
+            .bind(d.user_period_start)
+            .bind(now);
+    });
+    create.push(" ON CONFLICT (owner_type, owner_id, provider) DO NOTHING");
+    create.execute(&mut *tx).await?;
+
+    let mut select = Sql::new(
+        "SELECT q.owner_type, q.owner_id, q.provider, q.quota_limit, q.used, q.period_start FROM quotas AS q JOIN (",
+    );
+    select.values(&keys, |row, (kind, id, provider)| {
+        row.bind(*kind).bind(id.to_string()).bind(provider.clone());
+    });
+    select.push(
+        ") AS w ON q.owner_type = w.column1 AND q.owner_id = w.column2 AND q.provider = w.column3 \
+         ORDER BY q.owner_type DESC, q.owner_id, q.provider",
+    );
+    if postgres {
+        select.push(" FOR UPDATE OF q");
+    }
+    let mut standings = BTreeMap::new();
+    for row in select.fetch_all(&mut *tx).await? {
+        let kind = match row.try_get::<String, _>("owner_type")?.as_str() {
+            "user" => "user",
+            _ => "org",
+        };
+        let id = crate::users::parse_uuid(&row.try_get::<String, _>("owner_id")?)?;
+        let standing = Standing {
+            limit: row.try_get("quota_limit")?,
+            used: row.try_get("used")?,
+            period_start: row.try_get("period_start")?,
+        };
+        standings.insert((kind, id, row.try_get("provider")?), standing);
+    }
+    Ok(standings)
 }
+
+/// Decides one debit against the stored standings, applying it to them when it fits. A debit
+/// of a later period than stored starts the counter again; one of an earlier period (a batch
+/// racing midnight) counts in a period already over, so it is granted without counting.
+fn decide(
+    d: &Debit,
+    standings: &mut BTreeMap<QuotaKey, Standing>,
+    touched: &mut BTreeSet<QuotaKey>,
+) -> Result<Committed, StoreError> {
+    let tokens = i64::try_from(d.tokens).unwrap_or(i64::MAX);
+    let user_key: QuotaKey = ("user", d.user_id, d.provider.clone());
+    let org_key: Option<(QuotaKey, i64)> = d.org.map(|(id, start)| (("org", id, d.provider.clone()), start));
+    let mut user =
+        *standings.get(&user_key).ok_or_else(|| StoreError::Corrupt("a user's quota row is missing".into()))?;
+    let user_counts = roll(&mut user, d.user_period_start);
+    if user_counts && user.used + tokens > user.limit {
+        return Ok(Committed::Refused { scope: Scope::User, standing: user });
+    }
+    let mut org = None;
+    if let Some((key, start)) = &org_key
+        && let Some(stored) = standings.get(key)
+    {
+        let mut standing = *stored;
+        let counts = roll(&mut standing, *start);
+        if counts && standing.used + tokens > standing.limit {
+            return Ok(Committed::Refused { scope: Scope::Org, standing });
+        }
+        if counts {
+            standing.used += tokens;
+        }
+        org = Some((key.clone(), standing));
+    }
+    if user_counts {
+        user.used += tokens;
+    }
+    standings.insert(user_key.clone(), user);
+    touched.insert(user_key);
+    let org = org.map(|(key, standing)| {
+        standings.insert(key.clone(), standing);
+        touched.insert(key);
+        standing
+    });
+    Ok(Committed::Spent { user, org })
+}
+
+/// Moves `standing` into the period starting at `start` if that is later; whether a debit of
+/// that period counts in it.
+fn roll(standing: &mut Standing, start: i64) -> bool {
+    if start > standing.period_start {
+        standing.used = 0;
+        standing.period_start = start;
+    }
+    start == standing.period_start
+}
+
+/// The PostgreSQL advisory lock held from a transaction's first outbox row to its commit, so
+/// outbox rows become visible in `seq` order (the relay never passes a row still uncommitted).
+const OUTBOX_LOCK: i64 = 0x6c65_616b_7902;
 
 /// Writes events to the outbox in one statement, in the caller's transaction.
-async fn insert_events(conn: &mut sqlx::SqliteConnection, events: &[&Event], now: i64) -> Result<(), StoreError> {
+async fn insert_events(conn: &mut sqlx::AnyConnection, events: &[&Event], now: i64) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -239,36 +396,36 @@ async fn insert_events(conn: &mut sqlx::SqliteConnection, events: &[&Event], now
         .iter()
         .map(|e| serde_json::to_string(e).map_err(|err| StoreError::Corrupt(err.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO outbox (event_id, topic, key, payload, created_at) ");
-    insert.push_values(events.iter().zip(payloads), |mut row, (e, payload)| {
-        row.push_bind(e.id.to_string())
-            .push_bind(e.topic())
-            .push_bind(e.user_id.to_string())
-            .push_bind(payload)
-            .push_bind(now);
+    if conn.backend_name() == POSTGRES {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(&mut *conn).await?;
+    }
+    let mut insert = Sql::new("INSERT INTO outbox (event_id, topic, key, payload, created_at) ");
+    insert.values(events.iter().zip(payloads), |row, (e, payload)| {
+        row.bind(e.id.to_string()).bind(e.topic()).bind(e.user_id.to_string()).bind(payload).bind(now);
     });
-    insert.build().execute(conn).await?;
+    insert.execute(conn).await?;
     Ok(())
 }
 
 /// Writes an event to the outbox, in the caller's transaction.
-pub(crate) async fn insert_event(conn: &mut sqlx::SqliteConnection, event: &Event) -> Result<(), StoreError> {
+pub(crate) async fn insert_event(conn: &mut sqlx::AnyConnection, event: &Event) -> Result<(), StoreError> {
     insert_events(conn, &[event], now_ms()).await
 }
 
 /// Whether a ledger entry exists for this request id (for audits and crash tests).
-pub async fn has_request(pool: &SqlitePool, request_id: &str) -> Result<bool, StoreError> {
-    let row = sqlx::query("SELECT 1 FROM ledger WHERE request_id = ?").bind(request_id).fetch_optional(pool).await?;
+pub async fn has_request(pool: &Pool, request_id: &str) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT 1 FROM ledger WHERE request_id = $1").bind(request_id).fetch_optional(pool).await?;
     Ok(row.is_some())
 }
 
 /// Total tokens debited by consumes of a user for a provider.
-pub async fn consumed(pool: &SqlitePool, user_id: Uuid, provider: &str) -> Result<i64, StoreError> {
-    let total: Option<i64> =
-        sqlx::query_scalar("SELECT SUM(tokens) FROM ledger WHERE kind = 'consume' AND user_id = ? AND provider = ?")
-            .bind(user_id.to_string())
-            .bind(provider)
-            .fetch_one(pool)
-            .await?;
+pub async fn consumed(pool: &Pool, user_id: Uuid, provider: &str) -> Result<i64, StoreError> {
+    let total: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(tokens) AS BIGINT) FROM ledger WHERE kind = 'consume' AND user_id = $1 AND provider = $2",
+    )
+    .bind(user_id.to_string())
+    .bind(provider)
+    .fetch_one(pool)
+    .await?;
     Ok(total.unwrap_or(0))
 }

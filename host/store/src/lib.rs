@@ -1,6 +1,9 @@
-//! Leaky Tokens persistence, on SQLite by default (a file in the data directory).
+//! Leaky Tokens persistence, on SQLite by default (a file in the data directory) or on a
+//! PostgreSQL server that replicas share; the repositories are written once for both
+//! ([`sql`] builds statements both accept).
 //!
-//! - [`Database`] opens the pool (WAL, full sync, foreign keys) and applies the migrations.
+//! - [`Database`] opens the pool (on SQLite: WAL, full sync, foreign keys) and applies the
+//!   migrations.
 //! - Repositories, one concern each: [`users`], [`api_keys`], [`orgs`], [`quotas`],
 //!   [`purchases`] (with saga steps, payments and idempotency keys), [`policies`] (component
 //!   versions, activations and bindings).
@@ -27,7 +30,8 @@ pub mod quotas;
 pub mod rate_state;
 mod runtime;
 pub mod schema;
+pub mod sql;
 pub mod users;
 
-pub use database::{Database, now_ms};
+pub use database::{Backend, Database, Pool, now_ms};
 pub use error::StoreError;

@@ -1,9 +1,10 @@
 //! Organisations.
 
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
 use uuid::Uuid;
 
-use crate::{StoreError, now_ms};
+use crate::{Pool, StoreError, now_ms};
 
 /// A stored org.
 #[derive(Clone, Debug)]
@@ -15,9 +16,9 @@ pub struct Org {
 }
 
 /// Creates an org; [`StoreError::Conflict`] when the name is taken.
-pub async fn create(pool: &SqlitePool, name: &str) -> Result<Org, StoreError> {
+pub async fn create(pool: &Pool, name: &str) -> Result<Org, StoreError> {
     let org = Org { id: Uuid::now_v7(), name: name.into() };
-    sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
         .bind(org.id.to_string())
         .bind(&org.name)
         .bind(now_ms())
@@ -28,8 +29,8 @@ pub async fn create(pool: &SqlitePool, name: &str) -> Result<Org, StoreError> {
 }
 
 /// The org with this id.
-pub async fn by_id(pool: &SqlitePool, id: Uuid) -> Result<Option<Org>, StoreError> {
-    let row = sqlx::query("SELECT id, name FROM orgs WHERE id = ?").bind(id.to_string()).fetch_optional(pool).await?;
+pub async fn by_id(pool: &Pool, id: Uuid) -> Result<Option<Org>, StoreError> {
+    let row = sqlx::query("SELECT id, name FROM orgs WHERE id = $1").bind(id.to_string()).fetch_optional(pool).await?;
     row.map(|r| Ok(Org { id: crate::users::parse_uuid(&r.try_get::<String, _>("id")?)?, name: r.try_get("name")? }))
         .transpose()
 }

@@ -6,29 +6,59 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
 use tokio::sync::Notify;
 
 use crate::bus::EventBus;
 use crate::events::Event;
-use crate::{Database, StoreError, now_ms};
+use crate::{Backend, Database, Pool, StoreError, now_ms};
 
 /// Events relayed per round.
 const BATCH: i64 = 1000;
+/// The PostgreSQL advisory lock a relay holds while it publishes a round.
+const RELAY_LOCK: i64 = 0x6c65_616b_7901;
 
 /// Publishes one batch of unpublished events; returns how many.
+///
+/// On SQLite the scan reads through the read-only connections and only the cursor's move takes
+/// the writer. On a shared (PostgreSQL) database, replicas take turns: a relay that cannot take
+/// the relay lock (held until its transaction ends) leaves the round to the one holding it.
 pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, StoreError> {
-    let pool = db.pool();
-    let cursor: i64 =
-        sqlx::query_scalar("SELECT last_seq FROM outbox_cursor WHERE id = 1").fetch_one(db.readers()).await?;
-    let rows = sqlx::query("SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
-        .bind(cursor)
-        .bind(BATCH)
-        .fetch_all(db.readers())
-        .await?;
-    if rows.is_empty() {
-        return Ok(0);
+    match db.backend() {
+        Backend::Sqlite => {
+            let (events, last_seq) = unpublished(db.readers()).await?;
+            publish(bus, &events).await?;
+            advance(db.pool(), last_seq).await?;
+            Ok(events.len())
+        }
+        Backend::Postgres => {
+            let mut tx = db.pool().begin().await?;
+            let mine: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(RELAY_LOCK).fetch_one(&mut *tx).await?;
+            if !mine {
+                return Ok(0);
+            }
+            let (events, last_seq) = unpublished(&mut *tx).await?;
+            publish(bus, &events).await?;
+            advance(&mut *tx, last_seq).await?;
+            tx.commit().await?;
+            Ok(events.len())
+        }
     }
+}
+
+/// The next batch after the cursor, and the `seq` of its last event.
+async fn unpublished<'c, E>(conn: E) -> Result<(Vec<Event>, i64), StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let rows = sqlx::query(
+        "SELECT seq, payload FROM outbox WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1) \
+         ORDER BY seq LIMIT $1",
+    )
+    .bind(BATCH)
+    .fetch_all(conn)
+    .await?;
     let mut events = Vec::with_capacity(rows.len());
     let mut last_seq = 0i64;
     for row in &rows {
@@ -36,16 +66,37 @@ pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, Stor
         let payload: String = row.try_get("payload")?;
         events.push(serde_json::from_str::<Event>(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?);
     }
+    Ok((events, last_seq))
+}
+
+async fn publish(bus: &dyn EventBus, events: &[Event]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
     let started = std::time::Instant::now();
-    bus.publish(&events).await?;
+    bus.publish(events).await?;
     metrics::histogram!("leaky_outbox_publish_seconds").record(started.elapsed().as_secs_f64());
-    sqlx::query("UPDATE outbox_cursor SET last_seq = MAX(last_seq, ?), published_at = ? WHERE id = 1")
-        .bind(last_seq)
-        .bind(now_ms())
-        .execute(pool)
-        .await?;
     metrics::counter!("leaky_outbox_relayed_total").increment(events.len() as u64);
-    Ok(events.len())
+    Ok(())
+}
+
+/// Moves the cursor to `last_seq` (never back).
+async fn advance<'c, E>(conn: E, last_seq: i64) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    if last_seq == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE outbox_cursor SET last_seq = CASE WHEN last_seq < $1 THEN $1 ELSE last_seq END, published_at = $2 \
+         WHERE id = 1",
+    )
+    .bind(last_seq)
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Relays forever: after every ledger commit, and at least every half second.
@@ -64,7 +115,7 @@ pub fn spawn_relay(db: Database, bus: Arc<dyn EventBus>, committed: Arc<Notify>)
 }
 
 /// Events not yet published (for readiness and tests).
-pub async fn pending(pool: &SqlitePool) -> Result<i64, StoreError> {
+pub async fn pending(pool: &Pool) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1)")
         .fetch_one(pool)
         .await?)

@@ -6,9 +6,9 @@
 //! rolled back, so rollbacks walk back through the activation history. Every change that alters
 //! what is enforced bumps one generation counter in the same transaction; replicas watch it.
 
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
 
-use crate::{StoreError, now_ms};
+use crate::{Pool, StoreError, now_ms};
 
 /// A stored version of a module (without its bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +76,7 @@ pub struct PolicyState {
 
 const VERSION_COLUMNS: &str = "v.name, v.version, v.kind, v.sha256, v.size, v.source, v.created_at";
 
-fn version_from(row: &sqlx::sqlite::SqliteRow) -> Result<VersionInfo, StoreError> {
+fn version_from(row: &sqlx::any::AnyRow) -> Result<VersionInfo, StoreError> {
     Ok(VersionInfo {
         name: row.try_get("name")?,
         version: row.try_get("version")?,
@@ -106,20 +106,20 @@ fn params_from(text: &str) -> Result<Params, StoreError> {
 }
 
 /// Every version of every module, by name then version.
-pub async fn versions(pool: &SqlitePool) -> Result<Vec<VersionInfo>, StoreError> {
+pub async fn versions(pool: &Pool) -> Result<Vec<VersionInfo>, StoreError> {
     let sql = format!("SELECT {VERSION_COLUMNS} FROM policy_versions v ORDER BY v.name, v.version");
     sqlx::query(&sql).fetch_all(pool).await?.iter().map(version_from).collect()
 }
 
 /// One version.
-pub async fn version(pool: &SqlitePool, name: &str, version: i64) -> Result<Option<VersionInfo>, StoreError> {
-    let sql = format!("SELECT {VERSION_COLUMNS} FROM policy_versions v WHERE v.name = ? AND v.version = ?");
+pub async fn version(pool: &Pool, name: &str, version: i64) -> Result<Option<VersionInfo>, StoreError> {
+    let sql = format!("SELECT {VERSION_COLUMNS} FROM policy_versions v WHERE v.name = $1 AND v.version = $2");
     sqlx::query(&sql).bind(name).bind(version).fetch_optional(pool).await?.as_ref().map(version_from).transpose()
 }
 
 /// The component bytes of a version.
-pub async fn component(pool: &SqlitePool, name: &str, version: i64) -> Result<Option<Vec<u8>>, StoreError> {
-    let row = sqlx::query("SELECT component FROM policy_versions WHERE name = ? AND version = ?")
+pub async fn component(pool: &Pool, name: &str, version: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    let row = sqlx::query("SELECT component FROM policy_versions WHERE name = $1 AND version = $2")
         .bind(name)
         .bind(version)
         .fetch_optional(pool)
@@ -129,20 +129,20 @@ pub async fn component(pool: &SqlitePool, name: &str, version: i64) -> Result<Op
 
 /// Stores a component as the next version of its module, or finds the version that already has
 /// these bytes. Returns the version and whether it was new. Changes nothing that is enforced.
-pub async fn add_version(pool: &SqlitePool, new: NewVersion<'_>) -> Result<(VersionInfo, bool), StoreError> {
+pub async fn add_version(pool: &Pool, new: NewVersion<'_>) -> Result<(VersionInfo, bool), StoreError> {
     let mut tx = pool.begin().await?;
-    let sql = format!("SELECT {VERSION_COLUMNS} FROM policy_versions v WHERE v.name = ? AND v.sha256 = ?");
+    let sql = format!("SELECT {VERSION_COLUMNS} FROM policy_versions v WHERE v.name = $1 AND v.sha256 = $2");
     if let Some(row) = sqlx::query(&sql).bind(new.name).bind(new.sha256).fetch_optional(&mut *tx).await? {
         return Ok((version_from(&row)?, false));
     }
-    let kinds: Vec<String> = sqlx::query_scalar("SELECT DISTINCT kind FROM policy_versions WHERE name = ?")
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT DISTINCT kind FROM policy_versions WHERE name = $1")
         .bind(new.name)
         .fetch_all(&mut *tx)
         .await?;
     if kinds.iter().any(|k| k != new.kind) {
         return Err(StoreError::Conflict("a module name of the other kind"));
     }
-    let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM policy_versions WHERE name = ?")
+    let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM policy_versions WHERE name = $1")
         .bind(new.name)
         .fetch_one(&mut *tx)
         .await?;
@@ -157,7 +157,7 @@ pub async fn add_version(pool: &SqlitePool, new: NewVersion<'_>) -> Result<(Vers
     };
     sqlx::query(
         "INSERT INTO policy_versions (name, version, kind, sha256, size, component, source, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&info.name)
     .bind(info.version)
@@ -173,14 +173,14 @@ pub async fn add_version(pool: &SqlitePool, new: NewVersion<'_>) -> Result<(Vers
     Ok((info, true))
 }
 
-async fn bump(conn: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+async fn bump(conn: &mut sqlx::AnyConnection) -> Result<(), StoreError> {
     sqlx::query("UPDATE policy_generation SET generation = generation + 1 WHERE id = 1").execute(conn).await?;
     Ok(())
 }
 
-async fn active_of(conn: &mut sqlx::SqliteConnection, name: &str) -> Result<Option<(i64, i64)>, StoreError> {
+async fn active_of(conn: &mut sqlx::AnyConnection, name: &str) -> Result<Option<(i64, i64)>, StoreError> {
     let row = sqlx::query(
-        "SELECT seq, version FROM policy_activations WHERE name = ? AND rolled_back = 0 ORDER BY seq DESC LIMIT 1",
+        "SELECT seq, version FROM policy_activations WHERE name = $1 AND rolled_back = 0 ORDER BY seq DESC LIMIT 1",
     )
     .bind(name)
     .fetch_optional(conn)
@@ -190,11 +190,11 @@ async fn active_of(conn: &mut sqlx::SqliteConnection, name: &str) -> Result<Opti
 
 /// Makes `version` the active version of `name` (nothing happens when it already is).
 /// Returns the version that was active before.
-pub async fn activate(pool: &SqlitePool, name: &str, version: i64) -> Result<Option<i64>, StoreError> {
+pub async fn activate(pool: &Pool, name: &str, version: i64) -> Result<Option<i64>, StoreError> {
     let mut tx = pool.begin().await?;
     let before = active_of(&mut tx, name).await?.map(|(_, v)| v);
     if before != Some(version) {
-        sqlx::query("INSERT INTO policy_activations (name, version, activated_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO policy_activations (name, version, activated_at) VALUES ($1, $2, $3)")
             .bind(name)
             .bind(version)
             .bind(now_ms())
@@ -207,9 +207,9 @@ pub async fn activate(pool: &SqlitePool, name: &str, version: i64) -> Result<Opt
 }
 
 /// `(active version, the version a rollback would make active)` of `name`, if it has both.
-pub async fn rollback_target(pool: &SqlitePool, name: &str) -> Result<Option<(i64, i64)>, StoreError> {
+pub async fn rollback_target(pool: &Pool, name: &str) -> Result<Option<(i64, i64)>, StoreError> {
     let versions: Vec<i64> = sqlx::query_scalar(
-        "SELECT version FROM policy_activations WHERE name = ? AND rolled_back = 0 ORDER BY seq DESC LIMIT 2",
+        "SELECT version FROM policy_activations WHERE name = $1 AND rolled_back = 0 ORDER BY seq DESC LIMIT 2",
     )
     .bind(name)
     .fetch_all(pool)
@@ -222,10 +222,10 @@ pub async fn rollback_target(pool: &SqlitePool, name: &str) -> Result<Option<(i6
 
 /// Undoes the latest activation of `name`: the version active before it is active again.
 /// Returns that version, or `None` (and changes nothing) when there is no earlier one.
-pub async fn rollback(pool: &SqlitePool, name: &str) -> Result<Option<i64>, StoreError> {
+pub async fn rollback(pool: &Pool, name: &str) -> Result<Option<i64>, StoreError> {
     let mut tx = pool.begin().await?;
     let Some((seq, _)) = active_of(&mut tx, name).await? else { return Ok(None) };
-    sqlx::query("UPDATE policy_activations SET rolled_back = 1 WHERE seq = ?").bind(seq).execute(&mut *tx).await?;
+    sqlx::query("UPDATE policy_activations SET rolled_back = 1 WHERE seq = $1").bind(seq).execute(&mut *tx).await?;
     let Some((_, version)) = active_of(&mut tx, name).await? else { return Ok(None) };
     bump(&mut tx).await?;
     tx.commit().await?;
@@ -233,12 +233,12 @@ pub async fn rollback(pool: &SqlitePool, name: &str) -> Result<Option<i64>, Stor
 }
 
 /// The current generation.
-pub async fn generation(pool: &SqlitePool) -> Result<i64, StoreError> {
+pub async fn generation(pool: &Pool) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar("SELECT generation FROM policy_generation WHERE id = 1").fetch_one(pool).await?)
 }
 
 /// The generation, active versions and bindings, as of one read transaction.
-pub async fn state(pool: &SqlitePool) -> Result<PolicyState, StoreError> {
+pub async fn state(pool: &Pool) -> Result<PolicyState, StoreError> {
     let mut tx = pool.begin().await?;
     let generation: i64 =
         sqlx::query_scalar("SELECT generation FROM policy_generation WHERE id = 1").fetch_one(&mut *tx).await?;
@@ -276,10 +276,10 @@ pub async fn state(pool: &SqlitePool) -> Result<PolicyState, StoreError> {
     Ok(PolicyState { generation, active, bindings })
 }
 
-async fn insert_binding(conn: &mut sqlx::SqliteConnection, b: &Binding) -> Result<(), StoreError> {
+async fn insert_binding(conn: &mut sqlx::AnyConnection, b: &Binding) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO policy_bindings (provider, kind, module, params, shadow_module, shadow_params, source)
-         VALUES (?, ?, ?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (provider, kind) DO UPDATE SET module = excluded.module, params = excluded.params,
            shadow_module = excluded.shadow_module, shadow_params = excluded.shadow_params, source = excluded.source",
     )
@@ -296,7 +296,7 @@ async fn insert_binding(conn: &mut sqlx::SqliteConnection, b: &Binding) -> Resul
 }
 
 /// Replaces every binding with `bindings`.
-pub async fn replace_bindings(pool: &SqlitePool, bindings: &[Binding]) -> Result<(), StoreError> {
+pub async fn replace_bindings(pool: &Pool, bindings: &[Binding]) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("DELETE FROM policy_bindings").execute(&mut *tx).await?;
     for b in bindings {
@@ -310,14 +310,9 @@ pub async fn replace_bindings(pool: &SqlitePool, bindings: &[Binding]) -> Result
 /// Applies a manifest of the policy directory: the bindings it declared before are replaced by
 /// `bindings` (which also override bindings made over the API for the same provider and kind),
 /// and its content hash is recorded.
-pub async fn import_manifest(
-    pool: &SqlitePool,
-    source: &str,
-    sha256: &str,
-    bindings: &[Binding],
-) -> Result<(), StoreError> {
+pub async fn import_manifest(pool: &Pool, source: &str, sha256: &str, bindings: &[Binding]) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("DELETE FROM policy_bindings WHERE source = ?").bind(source).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM policy_bindings WHERE source = $1").bind(source).execute(&mut *tx).await?;
     for b in bindings {
         insert_binding(&mut tx, b).await?;
     }
@@ -327,8 +322,8 @@ pub async fn import_manifest(
     Ok(())
 }
 
-async fn record_source(conn: &mut sqlx::SqliteConnection, path: &str, sha256: &str) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO policy_sources (path, sha256) VALUES (?, ?) ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256")
+async fn record_source(conn: &mut sqlx::AnyConnection, path: &str, sha256: &str) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO policy_sources (path, sha256) VALUES ($1, $2) ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256")
         .bind(path)
         .bind(sha256)
         .execute(conn)
@@ -337,18 +332,18 @@ async fn record_source(conn: &mut sqlx::SqliteConnection, path: &str, sha256: &s
 }
 
 /// Records that a file of the policy directory with this content was imported.
-pub async fn set_source(pool: &SqlitePool, path: &str, sha256: &str) -> Result<(), StoreError> {
+pub async fn set_source(pool: &Pool, path: &str, sha256: &str) -> Result<(), StoreError> {
     let mut conn = pool.acquire().await?;
     record_source(&mut conn, path, sha256).await
 }
 
 /// The content hash last imported from a file of the policy directory.
-pub async fn source(pool: &SqlitePool, path: &str) -> Result<Option<String>, StoreError> {
-    Ok(sqlx::query_scalar("SELECT sha256 FROM policy_sources WHERE path = ?").bind(path).fetch_optional(pool).await?)
+pub async fn source(pool: &Pool, path: &str) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT sha256 FROM policy_sources WHERE path = $1").bind(path).fetch_optional(pool).await?)
 }
 
 /// Every recorded file of the policy directory with the content hash last imported.
-pub async fn sources(pool: &SqlitePool) -> Result<Vec<(String, String)>, StoreError> {
+pub async fn sources(pool: &Pool) -> Result<Vec<(String, String)>, StoreError> {
     let rows = sqlx::query("SELECT path, sha256 FROM policy_sources ORDER BY path").fetch_all(pool).await?;
     rows.iter().map(|r| Ok((r.try_get("path")?, r.try_get("sha256")?))).collect()
 }

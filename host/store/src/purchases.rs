@@ -6,14 +6,15 @@
 //! (unique per purchase), and a credit at most once (its ledger entry id is the purchase id).
 
 use serde::Serialize;
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
 use uuid::Uuid;
 
 use crate::events::{Event, Outcome};
 use crate::ledger::insert_event;
 use crate::quotas;
 use crate::users::parse_uuid;
-use crate::{StoreError, now_ms};
+use crate::{Pool, StoreError, now_ms};
 
 /// What claiming an idempotency key found.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,9 +35,10 @@ pub enum Claim {
 }
 
 /// Claims `(user, key)` for a request whose canonical form hashes to `request_hash`.
-pub async fn claim(pool: &SqlitePool, user: Uuid, key: &str, request_hash: &str) -> Result<Claim, StoreError> {
+pub async fn claim(pool: &Pool, user: Uuid, key: &str, request_hash: &str) -> Result<Claim, StoreError> {
     let inserted = sqlx::query(
-        "INSERT OR IGNORE INTO idempotency_keys (user_id, key, request_hash, state, created_at) VALUES (?, ?, ?, 'running', ?)",
+        "INSERT INTO idempotency_keys (user_id, key, request_hash, state, created_at) VALUES ($1, $2, $3, 'running', $4) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(user.to_string())
     .bind(key)
@@ -48,7 +50,7 @@ pub async fn claim(pool: &SqlitePool, user: Uuid, key: &str, request_hash: &str)
         return Ok(Claim::New);
     }
     let row = sqlx::query(
-        "SELECT request_hash, state, status_code, response FROM idempotency_keys WHERE user_id = ? AND key = ?",
+        "SELECT request_hash, state, status_code, response FROM idempotency_keys WHERE user_id = $1 AND key = $2",
     )
     .bind(user.to_string())
     .bind(key)
@@ -70,9 +72,9 @@ pub async fn claim(pool: &SqlitePool, user: Uuid, key: &str, request_hash: &str)
 }
 
 /// Stores the answer of a claimed key.
-pub async fn finish(pool: &SqlitePool, user: Uuid, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
+pub async fn finish(pool: &Pool, user: Uuid, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE idempotency_keys SET state = 'done', status_code = ?, response = ? WHERE user_id = ? AND key = ?",
+        "UPDATE idempotency_keys SET state = 'done', status_code = $1, response = $2 WHERE user_id = $3 AND key = $4",
     )
     .bind(i64::from(status))
     .bind(body)
@@ -84,8 +86,8 @@ pub async fn finish(pool: &SqlitePool, user: Uuid, key: &str, status: u16, body:
 }
 
 /// Ties a claimed key to the purchase it started, so a restart can finish both.
-pub async fn attach(pool: &SqlitePool, user: Uuid, key: &str, purchase: Uuid) -> Result<(), StoreError> {
-    sqlx::query("UPDATE idempotency_keys SET purchase_id = ? WHERE user_id = ? AND key = ?")
+pub async fn attach(pool: &Pool, user: Uuid, key: &str, purchase: Uuid) -> Result<(), StoreError> {
+    sqlx::query("UPDATE idempotency_keys SET purchase_id = $1 WHERE user_id = $2 AND key = $3")
         .bind(purchase.to_string())
         .bind(user.to_string())
         .bind(key)
@@ -95,7 +97,7 @@ pub async fn attach(pool: &SqlitePool, user: Uuid, key: &str, purchase: Uuid) ->
 }
 
 /// Keys still `running` (left by a crash): `(user, key, purchase it started, if any)`.
-pub async fn running_keys(pool: &SqlitePool) -> Result<Vec<(Uuid, String, Option<Uuid>)>, StoreError> {
+pub async fn running_keys(pool: &Pool) -> Result<Vec<(Uuid, String, Option<Uuid>)>, StoreError> {
     let rows = sqlx::query("SELECT user_id, key, purchase_id FROM idempotency_keys WHERE state = 'running'")
         .fetch_all(pool)
         .await?;
@@ -112,8 +114,8 @@ pub async fn running_keys(pool: &SqlitePool) -> Result<Vec<(Uuid, String, Option
 }
 
 /// Releases a claimed key whose request failed before doing anything, so it can be retried.
-pub async fn release(pool: &SqlitePool, user: Uuid, key: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = ? AND key = ? AND state = 'running'")
+pub async fn release(pool: &Pool, user: Uuid, key: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND state = 'running'")
         .bind(user.to_string())
         .bind(key)
         .execute(pool)
@@ -155,9 +157,9 @@ pub struct SagaStep {
 }
 
 /// Records a new purchase as `PENDING`.
-pub async fn create(pool: &SqlitePool, id: Uuid, user: Uuid, provider: &str, tokens: i64) -> Result<(), StoreError> {
+pub async fn create(pool: &Pool, id: Uuid, user: Uuid, provider: &str, tokens: i64) -> Result<(), StoreError> {
     let now = now_ms();
-    sqlx::query("INSERT INTO purchases (id, user_id, provider, tokens, status, created_at, updated_at) VALUES (?, ?, ?, ?, 'PENDING', ?, ?)")
+    sqlx::query("INSERT INTO purchases (id, user_id, provider, tokens, status, created_at, updated_at) VALUES ($1, $2, $3, $4, 'PENDING', $5, $6)")
         .bind(id.to_string())
         .bind(user.to_string())
         .bind(provider)
@@ -170,14 +172,14 @@ pub async fn create(pool: &SqlitePool, id: Uuid, user: Uuid, provider: &str, tok
 }
 
 /// A purchase with its steps.
-pub async fn get(pool: &SqlitePool, id: Uuid) -> Result<Option<Purchase>, StoreError> {
+pub async fn get(pool: &Pool, id: Uuid) -> Result<Option<Purchase>, StoreError> {
     let Some(row) =
-        sqlx::query("SELECT * FROM purchases WHERE id = ?").bind(id.to_string()).fetch_optional(pool).await?
+        sqlx::query("SELECT * FROM purchases WHERE id = $1").bind(id.to_string()).fetch_optional(pool).await?
     else {
         return Ok(None);
     };
     let steps =
-        sqlx::query("SELECT step, status, detail FROM saga_steps WHERE purchase_id = ? ORDER BY updated_at, step")
+        sqlx::query("SELECT step, status, detail FROM saga_steps WHERE purchase_id = $1 ORDER BY updated_at, step")
             .bind(id.to_string())
             .fetch_all(pool)
             .await?
@@ -198,15 +200,15 @@ pub async fn get(pool: &SqlitePool, id: Uuid) -> Result<Option<Purchase>, StoreE
 }
 
 /// Purchases whose saga has not finished (to resume after a restart).
-pub async fn pending(pool: &SqlitePool) -> Result<Vec<Uuid>, StoreError> {
+pub async fn pending(pool: &Pool) -> Result<Vec<Uuid>, StoreError> {
     let rows =
         sqlx::query("SELECT id FROM purchases WHERE status = 'PENDING' ORDER BY created_at").fetch_all(pool).await?;
     rows.iter().map(|r| parse_uuid(&r.try_get::<String, _>("id")?)).collect()
 }
 
 /// Whether a step has a record (of any status).
-pub async fn step_status(pool: &SqlitePool, id: Uuid, step: &str) -> Result<Option<String>, StoreError> {
-    Ok(sqlx::query_scalar("SELECT status FROM saga_steps WHERE purchase_id = ? AND step = ?")
+pub async fn step_status(pool: &Pool, id: Uuid, step: &str) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT status FROM saga_steps WHERE purchase_id = $1 AND step = $2")
         .bind(id.to_string())
         .bind(step)
         .fetch_optional(pool)
@@ -214,14 +216,14 @@ pub async fn step_status(pool: &SqlitePool, id: Uuid, step: &str) -> Result<Opti
 }
 
 async fn record_step(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     id: Uuid,
     step: &str,
     status: &str,
     detail: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO saga_steps (purchase_id, step, status, detail, updated_at) VALUES (?, ?, ?, ?, ?) \
+        "INSERT INTO saga_steps (purchase_id, step, status, detail, updated_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (purchase_id, step) DO UPDATE SET status = excluded.status, detail = excluded.detail, updated_at = excluded.updated_at",
     )
     .bind(id.to_string())
@@ -235,10 +237,11 @@ async fn record_step(
 }
 
 /// Step `capture_payment`: the embedded provider books the payment, once per purchase.
-pub async fn capture_payment(pool: &SqlitePool, id: Uuid, tokens: i64) -> Result<(), StoreError> {
+pub async fn capture_payment(pool: &Pool, id: Uuid, tokens: i64) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "INSERT OR IGNORE INTO payments (id, purchase_id, tokens, status, created_at) VALUES (?, ?, ?, 'CAPTURED', ?)",
+        "INSERT INTO payments (id, purchase_id, tokens, status, created_at) VALUES ($1, $2, $3, 'CAPTURED', $4) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(Uuid::now_v7().to_string())
     .bind(id.to_string())
@@ -252,9 +255,9 @@ pub async fn capture_payment(pool: &SqlitePool, id: Uuid, tokens: i64) -> Result
 }
 
 /// Compensation of `capture_payment`: refunds the payment.
-pub async fn refund_payment(pool: &SqlitePool, id: Uuid, reason: &str) -> Result<(), StoreError> {
+pub async fn refund_payment(pool: &Pool, id: Uuid, reason: &str) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE payments SET status = 'REFUNDED' WHERE purchase_id = ?")
+    sqlx::query("UPDATE payments SET status = 'REFUNDED' WHERE purchase_id = $1")
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
@@ -268,7 +271,7 @@ pub async fn refund_payment(pool: &SqlitePool, id: Uuid, reason: &str) -> Result
 /// of the same purchase cannot commit.
 /// `base_limit` is the user's limit to store first if its quota has no row yet.
 pub async fn credit_quota(
-    pool: &SqlitePool,
+    pool: &Pool,
     purchase: &Purchase,
     org_id: Option<Uuid>,
     base_limit: i64,
@@ -276,8 +279,8 @@ pub async fn credit_quota(
     let mut tx = pool.begin().await?;
     let now = now_ms();
     sqlx::query(
-        "INSERT OR IGNORE INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) \
-         VALUES ('user', ?, ?, ?, 0, 'none', 0, ?)",
+        "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) \
+         VALUES ('user', $1, $2, $3, 0, 'none', 0, $4) ON CONFLICT DO NOTHING",
     )
     .bind(purchase.user_id.to_string())
     .bind(&purchase.provider)
@@ -286,7 +289,7 @@ pub async fn credit_quota(
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) VALUES (?, 'purchase', ?, ?, ?, ?, NULL, ?)",
+        "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) VALUES ($1, 'purchase', $2, $3, $4, $5, NULL, $6)",
     )
     .bind(purchase.purchase_id.to_string())
     .bind(purchase.user_id.to_string())
@@ -314,9 +317,9 @@ pub async fn credit_quota(
 }
 
 /// Ends the saga: `COMPLETED` or `FAILED`, with a final step record.
-pub async fn finish_saga(pool: &SqlitePool, id: Uuid, status: &str, detail: &str) -> Result<(), StoreError> {
+pub async fn finish_saga(pool: &Pool, id: Uuid, status: &str, detail: &str) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE purchases SET status = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE purchases SET status = $1, updated_at = $2 WHERE id = $3")
         .bind(status)
         .bind(now_ms())
         .bind(id.to_string())

@@ -1,11 +1,12 @@
 //! Quotas: how many tokens an owner (a user or an org) may spend per provider and period.
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
 use uuid::Uuid;
 
 use crate::users::parse_uuid;
-use crate::{StoreError, now_ms};
+use crate::{Pool, StoreError, now_ms};
 
 /// Who a quota belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -122,6 +123,24 @@ impl Quota {
         }
     }
 
+    /// Takes in what the database holds (`limit`, `used`, in the period starting at
+    /// `period_start`), written by this process or another: the limit as stored, and the
+    /// larger of the two counts (this process's count includes reservations not committed
+    /// yet; the stored one includes other processes' spending). A stored period older than
+    /// this one says nothing about it.
+    pub fn adopt(&mut self, limit: i64, used: i64, period_start: i64) {
+        if period_start < self.period_start {
+            return;
+        }
+        if period_start > self.period_start {
+            self.period_start = period_start;
+            self.used = used;
+        } else {
+            self.used = self.used.max(used);
+        }
+        self.limit = limit;
+    }
+
     /// Tokens left in the current period.
     pub fn remaining(&self) -> i64 {
         (self.limit - self.used).max(0)
@@ -133,7 +152,7 @@ impl Quota {
     }
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Quota, StoreError> {
+fn from_row(row: &sqlx::any::AnyRow) -> Result<Quota, StoreError> {
     Ok(Quota {
         owner_type: OwnerType::parse(&row.try_get::<String, _>("owner_type")?)?,
         owner_id: parse_uuid(&row.try_get::<String, _>("owner_id")?)?,
@@ -146,13 +165,8 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Quota, StoreError> {
 }
 
 /// The quota of an owner for a provider.
-pub async fn get(
-    pool: &SqlitePool,
-    owner: OwnerType,
-    owner_id: Uuid,
-    provider: &str,
-) -> Result<Option<Quota>, StoreError> {
-    let row = sqlx::query("SELECT * FROM quotas WHERE owner_type = ? AND owner_id = ? AND provider = ?")
+pub async fn get(pool: &Pool, owner: OwnerType, owner_id: Uuid, provider: &str) -> Result<Option<Quota>, StoreError> {
+    let row = sqlx::query("SELECT * FROM quotas WHERE owner_type = $1 AND owner_id = $2 AND provider = $3")
         .bind(owner.as_str())
         .bind(owner_id.to_string())
         .bind(provider)
@@ -164,7 +178,7 @@ pub async fn get(
 /// Sets the limit and period of a quota, creating it if needed; `used` is kept (a new period
 /// starts now, counting what was used so far).
 pub async fn put(
-    pool: &SqlitePool,
+    pool: &Pool,
     owner: OwnerType,
     owner_id: Uuid,
     provider: &str,
@@ -174,9 +188,9 @@ pub async fn put(
     let now = now_ms();
     sqlx::query(
         "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7) \
-         ON CONFLICT (owner_type, owner_id, provider) DO UPDATE SET quota_limit = ?4, period = ?5, updated_at = ?7, \
-         period_start = CASE WHEN quotas.period = ?5 THEN quotas.period_start ELSE ?6 END",
+         VALUES ($1, $2, $3, $4, 0, $5, $6, $7) \
+         ON CONFLICT (owner_type, owner_id, provider) DO UPDATE SET quota_limit = $4, period = $5, updated_at = $7, \
+         period_start = CASE WHEN quotas.period = $5 THEN quotas.period_start ELSE $6 END",
     )
     .bind(owner.as_str())
     .bind(owner_id.to_string())
@@ -191,8 +205,8 @@ pub async fn put(
 }
 
 /// Every quota of an owner.
-pub async fn list(pool: &SqlitePool, owner: OwnerType, owner_id: Uuid) -> Result<Vec<Quota>, StoreError> {
-    let rows = sqlx::query("SELECT * FROM quotas WHERE owner_type = ? AND owner_id = ? ORDER BY provider")
+pub async fn list(pool: &Pool, owner: OwnerType, owner_id: Uuid) -> Result<Vec<Quota>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM quotas WHERE owner_type = $1 AND owner_id = $2 ORDER BY provider")
         .bind(owner.as_str())
         .bind(owner_id.to_string())
         .fetch_all(pool)
@@ -202,13 +216,13 @@ pub async fn list(pool: &SqlitePool, owner: OwnerType, owner_id: Uuid) -> Result
 
 /// Raises a quota's limit by `tokens` (a purchase).
 pub(crate) async fn add_limit(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     owner_id: Uuid,
     provider: &str,
     tokens: i64,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE quotas SET quota_limit = quota_limit + ?, updated_at = ? WHERE owner_type = 'user' AND owner_id = ? AND provider = ?",
+        "UPDATE quotas SET quota_limit = quota_limit + $1, updated_at = $2 WHERE owner_type = 'user' AND owner_id = $3 AND provider = $4",
     )
     .bind(tokens)
     .bind(now_ms())
@@ -238,9 +252,8 @@ mod tests {
         assert_eq!(Period::Monthly.end(month), Some(1_796_083_200_000)); // 2026-12-01T00:00:00Z
     }
 
-    #[test]
-    fn rolling_into_a_new_period_starts_used_from_zero() {
-        let mut q = Quota {
+    fn seven_of_ten_today() -> Quota {
+        Quota {
             owner_type: OwnerType::User,
             owner_id: Uuid::nil(),
             provider: "openai".into(),
@@ -248,11 +261,30 @@ mod tests {
             used: 7,
             period: Period::Daily,
             period_start: Period::Daily.start(NOW),
-        };
+        }
+    }
+
+    #[test]
+    fn rolling_into_a_new_period_starts_used_from_zero() {
+        let mut q = seven_of_ten_today();
         q.roll(NOW + 1000);
         assert_eq!(q.used, 7, "same day");
         q.roll(NOW + DAY_MS);
         assert_eq!((q.used, q.period_start), (0, Period::Daily.start(NOW) + DAY_MS));
         assert_eq!(q.remaining(), 10);
+    }
+
+    #[test]
+    fn adopting_the_stored_standing_keeps_the_larger_count_and_the_stored_limit() {
+        let start = Period::Daily.start(NOW);
+        let mut q = seven_of_ten_today();
+        q.adopt(12, 5, start);
+        assert_eq!((q.limit, q.used), (12, 7), "this process's count includes its reservations");
+        q.adopt(12, 9, start);
+        assert_eq!(q.used, 9, "another process spent more");
+        q.adopt(50, 40, start - DAY_MS);
+        assert_eq!((q.limit, q.used), (12, 9), "an older period says nothing");
+        q.adopt(12, 1, start + DAY_MS);
+        assert_eq!((q.used, q.period_start), (1, start + DAY_MS), "a newer period replaces the count");
     }
 }

@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 
 use sqlx::migrate::Migrator;
-use sqlx::{PgPool, SqlitePool};
 
-use crate::StoreError;
+use crate::database::{Backend, Pool};
+use crate::{Database, StoreError};
 
 /// The SQLite migrations of this build.
 static SQLITE: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -45,41 +45,32 @@ fn check(migrator: &Migrator, applied: &BTreeSet<i64>, schema: Schema) -> Result
     }
 }
 
-/// Checks a SQLite database's schema, applying this build's migrations if `schema` says so.
-pub async fn ensure(pool: &SqlitePool, schema: Schema) -> Result<(), StoreError> {
-    let exists: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
-            .fetch_one(pool)
-            .await?;
+/// Checks the database's schema, applying this build's migrations for `backend` if `schema`
+/// says so.
+pub async fn ensure(pool: &Pool, backend: Backend, schema: Schema) -> Result<(), StoreError> {
+    let (migrator, exists) = match backend {
+        Backend::Sqlite => {
+            (&SQLITE, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+        }
+        Backend::Postgres => (&POSTGRES, "SELECT COUNT(*) FROM pg_tables WHERE tablename = '_sqlx_migrations'"),
+    };
+    let exists: i64 = sqlx::query_scalar(exists).fetch_one(pool).await?;
     let applied: Vec<i64> = if exists == 0 {
         Vec::new()
     } else {
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?
     };
-    if check(&SQLITE, &applied.into_iter().collect(), schema)? {
-        SQLITE.run(pool).await?;
+    if check(migrator, &applied.into_iter().collect(), schema)? {
+        migrator.run(pool).await?;
     }
     Ok(())
 }
 
-/// Checks a PostgreSQL database's schema, applying this build's migrations if `schema` says so.
-pub async fn ensure_postgres(pool: &PgPool, schema: Schema) -> Result<(), StoreError> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
-    let applied: Vec<i64> = if exists {
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(pool).await?
-    } else {
-        Vec::new()
-    };
-    if check(&POSTGRES, &applied.into_iter().collect(), schema)? {
-        POSTGRES.run(pool).await?;
-    }
+/// Connects to the database at `url` (either backend) and checks (or migrates) its schema,
+/// for `leaky migrate`.
+pub async fn migrate(url: &str, schema: Schema) -> Result<(), StoreError> {
+    let db = Database::open_with(url, schema).await?;
+    db.pool().close().await;
+    db.readers().close().await;
     Ok(())
-}
-
-/// Connects to the PostgreSQL database at `url` and checks (or migrates) its schema.
-pub async fn migrate_postgres(url: &str, schema: Schema) -> Result<(), StoreError> {
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await?;
-    let result = ensure_postgres(&pool, schema).await;
-    pool.close().await;
-    result
 }

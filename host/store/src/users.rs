@@ -1,9 +1,10 @@
 //! Users and their roles.
 
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
 use uuid::Uuid;
 
-use crate::{StoreError, now_ms};
+use crate::{Pool, StoreError, now_ms};
 
 /// A stored user.
 #[derive(Clone, Debug)]
@@ -24,7 +25,7 @@ pub struct User {
     pub created_at: i64,
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<User, StoreError> {
+fn from_row(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
     let id: String = row.try_get("id")?;
     let org: Option<String> = row.try_get("org_id")?;
     let roles: String = row.try_get("roles")?;
@@ -45,7 +46,7 @@ pub(crate) fn parse_uuid(text: &str) -> Result<Uuid, StoreError> {
 
 /// Creates a user; [`StoreError::Conflict`] when the username or email is taken.
 pub async fn create(
-    pool: &SqlitePool,
+    pool: &Pool,
     username: &str,
     email: &str,
     password_hash: &str,
@@ -60,34 +61,36 @@ pub async fn create(
         roles: roles.iter().map(|r| r.to_string()).collect(),
         created_at: now_ms(),
     };
-    sqlx::query("INSERT INTO users (id, username, email, password_hash, roles, created_at) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(user.id.to_string())
-        .bind(&user.username)
-        .bind(&user.email)
-        .bind(&user.password_hash)
-        .bind(user.roles.join(","))
-        .bind(user.created_at)
-        .execute(pool)
-        .await
-        .map_err(|e| StoreError::unique(e, "username or email"))?;
+    sqlx::query(
+        "INSERT INTO users (id, username, email, password_hash, roles, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(user.id.to_string())
+    .bind(&user.username)
+    .bind(&user.email)
+    .bind(&user.password_hash)
+    .bind(user.roles.join(","))
+    .bind(user.created_at)
+    .execute(pool)
+    .await
+    .map_err(|e| StoreError::unique(e, "username or email"))?;
     Ok(user)
 }
 
 /// The user with this username.
-pub async fn by_username(pool: &SqlitePool, username: &str) -> Result<Option<User>, StoreError> {
-    let row = sqlx::query("SELECT * FROM users WHERE username = ?").bind(username).fetch_optional(pool).await?;
+pub async fn by_username(pool: &Pool, username: &str) -> Result<Option<User>, StoreError> {
+    let row = sqlx::query("SELECT * FROM users WHERE username = $1").bind(username).fetch_optional(pool).await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// The user with this id.
-pub async fn by_id(pool: &SqlitePool, id: Uuid) -> Result<Option<User>, StoreError> {
-    let row = sqlx::query("SELECT * FROM users WHERE id = ?").bind(id.to_string()).fetch_optional(pool).await?;
+pub async fn by_id(pool: &Pool, id: Uuid) -> Result<Option<User>, StoreError> {
+    let row = sqlx::query("SELECT * FROM users WHERE id = $1").bind(id.to_string()).fetch_optional(pool).await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// Replaces a user's roles; `None` when there is no such user.
-pub async fn set_roles(pool: &SqlitePool, id: Uuid, roles: &[String]) -> Result<Option<User>, StoreError> {
-    sqlx::query("UPDATE users SET roles = ? WHERE id = ?")
+pub async fn set_roles(pool: &Pool, id: Uuid, roles: &[String]) -> Result<Option<User>, StoreError> {
+    sqlx::query("UPDATE users SET roles = $1 WHERE id = $2")
         .bind(roles.join(","))
         .bind(id.to_string())
         .execute(pool)
@@ -96,8 +99,8 @@ pub async fn set_roles(pool: &SqlitePool, id: Uuid, roles: &[String]) -> Result<
 }
 
 /// Puts a user in an org; `None` when there is no such user.
-pub async fn set_org(pool: &SqlitePool, id: Uuid, org: Uuid) -> Result<Option<User>, StoreError> {
-    sqlx::query("UPDATE users SET org_id = ? WHERE id = ?")
+pub async fn set_org(pool: &Pool, id: Uuid, org: Uuid) -> Result<Option<User>, StoreError> {
+    sqlx::query("UPDATE users SET org_id = $1 WHERE id = $2")
         .bind(org.to_string())
         .bind(id.to_string())
         .execute(pool)
@@ -106,8 +109,8 @@ pub async fn set_org(pool: &SqlitePool, id: Uuid, org: Uuid) -> Result<Option<Us
 }
 
 /// Replaces a user's password hash.
-pub async fn set_password(pool: &SqlitePool, id: Uuid, password_hash: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+pub async fn set_password(pool: &Pool, id: Uuid, password_hash: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
         .bind(password_hash)
         .bind(id.to_string())
         .execute(pool)

@@ -6,8 +6,6 @@ mod policy_new;
 mod policy_simulate;
 mod serve;
 
-pub use serve::is_postgres;
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use policy_client::Operation;

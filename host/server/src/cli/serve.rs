@@ -26,25 +26,18 @@ pub fn run(config: &Path) -> Result<()> {
     })
 }
 
-/// Whether `url` names a PostgreSQL database.
-pub fn is_postgres(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
-
 /// Applies the migrations of the configured database.
 pub fn migrate(config: &Path) -> Result<()> {
     let settings = settings(config)?;
     std::fs::create_dir_all(&settings.data_dir)?;
     let url = settings.database_url();
     runtime()?.block_on(async {
-        if is_postgres(&url) {
-            leaky_store::schema::migrate_postgres(&url, leaky_store::schema::Schema::Migrate)
-                .await
-                .context("migrating the PostgreSQL database")?;
-            println!("the PostgreSQL database is up to date");
-        } else {
-            leaky_store::Database::open(&url).await.context("migrating the database")?;
-            println!("database at {url} is up to date");
+        leaky_store::schema::migrate(&url, leaky_store::schema::Schema::Migrate)
+            .await
+            .context("migrating the database")?;
+        match leaky_store::Backend::of_url(&url)? {
+            leaky_store::Backend::Sqlite => println!("database at {url} is up to date"),
+            leaky_store::Backend::Postgres => println!("the PostgreSQL database is up to date"),
         }
         Ok(())
     })

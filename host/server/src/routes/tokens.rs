@@ -71,7 +71,7 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<StatusView> {
     axum::Json(StatusView {
         status: "UP",
         version: env!("CARGO_PKG_VERSION"),
-        storage: json!({ "database": "sqlite", "rateState": if state.settings.redis.url.is_some() { "redis" } else { "memory" }, "eventBus": if state.settings.kafka.brokers.is_some() { "kafka" } else { "in-process" }, "analytics": state.settings.analytics.backend }),
+        storage: json!({ "database": match state.db.backend() { leaky_store::Backend::Sqlite => "sqlite", leaky_store::Backend::Postgres => "postgres" }, "rateState": if state.settings.redis.url.is_some() { "redis" } else { "memory" }, "eventBus": if state.settings.kafka.brokers.is_some() { "kafka" } else { "in-process" }, "analytics": state.settings.analytics.backend }),
         policies,
     })
 }

@@ -144,6 +144,32 @@ impl Accounts {
         Ok(cell.clone())
     }
 
+    /// Whether other processes spend from the same quotas (the database is shared), so this
+    /// book's counts can be behind the stored ones.
+    pub fn is_shared(&self) -> bool {
+        self.db.is_shared()
+    }
+
+    /// Takes in the stored standing of the user's quota and, when `org` is given, the org's
+    /// (before refusing a request for a quota another process may have raised).
+    pub async fn refresh(
+        &self,
+        account: &AccountCell,
+        user: Uuid,
+        provider: &str,
+        org: Option<&(Uuid, OrgCell)>,
+    ) -> Result<(), ApiError> {
+        if let Some(q) = quotas::get(self.db.readers(), OwnerType::User, user, provider).await? {
+            lock(account).quota.adopt(q.limit, q.used, q.period_start);
+        }
+        if let Some((id, cell)) = org
+            && let Some(q) = quotas::get(self.db.readers(), OwnerType::Org, *id, provider).await?
+        {
+            lock(cell).adopt(q.limit, q.used, q.period_start);
+        }
+        Ok(())
+    }
+
     /// Applies an admin's new limit and period (the database already has them).
     pub async fn apply_quota(&self, quota: &Quota) -> Result<(), ApiError> {
         match quota.owner_type {

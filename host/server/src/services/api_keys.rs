@@ -2,7 +2,7 @@
 //! user's roles drops the cached entries at once, so a revoked key stops working immediately.
 
 use dashmap::DashMap;
-use sqlx::SqlitePool;
+use leaky_store::Pool;
 use uuid::Uuid;
 
 use crate::auth::{Caller, hash_secret, parse_key};
@@ -19,13 +19,13 @@ struct Verified {
 
 /// Authenticates API keys.
 pub struct ApiKeys {
-    pool: SqlitePool,
+    pool: Pool,
     cache: DashMap<String, Verified>,
 }
 
 impl ApiKeys {
     /// A service over the database.
-    pub fn new(pool: SqlitePool) -> Self {
+    pub fn new(pool: Pool) -> Self {
         Self { pool, cache: DashMap::new() }
     }
 

@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use leaky_engine::{Charge, Usage, Verdict, Words};
 use leaky_store::events::{Event, Outcome};
-use leaky_store::ledger::LedgerWriter;
+use leaky_store::ledger::{Committed, LedgerWriter, Scope};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::services::accounts::{AccountCell, Accounts, lock, state_for};
-use crate::services::policies::{BoundPolicy, BoundQuotaRule, PolicyRegistry};
-use crate::services::reserve::{Attempt, Periods, RateSource};
+use crate::services::accounts::{AccountCell, Accounts, RateState, lock, state_for};
+use crate::services::policies::{BoundPolicy, BoundQuotaRule, PolicyRegistry, RateBinding};
+use crate::services::reserve::{Attempt, Periods, RateSource, Reserved};
 use crate::services::shared_rate::SharedRate;
 
 /// A consume request, validated.
@@ -142,38 +142,89 @@ impl ConsumeService {
         };
         let attempt = Attempt { req: &req, org_id: facts.org_id, account: &account, org: org.as_ref(), cost, now };
 
-        let (reserved, policy) = match &self.shared {
-            None => (attempt.reserve(&binding.policy, binding.shadow.as_deref(), RateSource::Local)?, &binding.policy),
-            Some(shared) => shared.decide(&attempt, &binding).await?,
-        };
+        let (mut reserved, mut policy) = self.decide(&attempt, &binding).await?;
+        if self.accounts.is_shared() && matches!(reserved.outcome, ConsumeOutcome::QuotaExhausted { .. }) {
+            // Another replica may have raised the limit (a purchase) or a new period begun:
+            // decide once more on the stored standing before refusing.
+            self.accounts.refresh(&account, req.user_id, &req.provider, org.as_ref()).await?;
+            (reserved, policy) = self.decide(&attempt, &binding).await?;
+        }
         let policy = Arc::clone(policy);
 
+        let mut outcome = reserved.outcome;
         match reserved.debit {
             Some(debit) => {
                 let periods = Periods::of(&debit);
-                if let Err(err) = self.ledger.debit(debit).await {
-                    // Undo the reservation: the request is refused, so it spends nothing.
-                    attempt.release(periods, reserved.rate.as_ref(), reserved.local);
-                    if let (Some(shared), Some((read, applied)), false) = (&self.shared, &reserved.rate, reserved.local)
-                    {
-                        shared.restore(req.user_id, &req.provider, applied, read.as_ref()).await;
+                match self.ledger.debit(debit).await {
+                    Ok(Committed::Spent { user, org }) => {
+                        attempt.adopt(Some(user), org);
+                        metrics::counter!("leaky_consume_total", "outcome" => "allowed").increment(1);
+                        metrics::counter!("leaky_tokens_consumed_total", "provider" => req.provider.clone())
+                            .increment(req.tokens);
                     }
-                    return Err(err.into());
+                    Ok(Committed::Refused { scope, standing }) => {
+                        // Another replica spent what this one's book still counted as free.
+                        self.undo(&attempt, reserved.rate.as_ref(), reserved.local, periods).await;
+                        match scope {
+                            Scope::User => attempt.adopt(Some(standing), None),
+                            Scope::Org => attempt.adopt(None, Some(standing)),
+                        }
+                        let rate = match outcome {
+                            ConsumeOutcome::Allowed { rate, .. } => rate,
+                            ConsumeOutcome::RateLimited { rate } | ConsumeOutcome::QuotaExhausted { rate, .. } => rate,
+                        };
+                        let name = if scope == Scope::Org { "org" } else { "user" };
+                        outcome = ConsumeOutcome::QuotaExhausted { scope: name, quota: attempt.view_of(scope), rate };
+                        metrics::counter!("leaky_consume_total", "outcome" => "quota_rejected").increment(1);
+                        metrics::counter!("leaky_quota_arbitrated_total").increment(1);
+                        self.ledger.record(event(&req, facts.org_id, now, Outcome::QuotaRejected));
+                    }
+                    Err(err) => {
+                        // Undo the reservation: the request is refused, so it spends nothing.
+                        self.undo(&attempt, reserved.rate.as_ref(), reserved.local, periods).await;
+                        return Err(err.into());
+                    }
                 }
-                metrics::counter!("leaky_consume_total", "outcome" => "allowed").increment(1);
-                metrics::counter!("leaky_tokens_consumed_total", "provider" => req.provider.clone())
-                    .increment(req.tokens);
             }
             None => {
-                let (label, outcome) = match &reserved.outcome {
+                let (label, refusal) = match &outcome {
                     ConsumeOutcome::RateLimited { .. } => ("rate_limited", Outcome::RateLimited),
                     _ => ("quota_rejected", Outcome::QuotaRejected),
                 };
                 metrics::counter!("leaky_consume_total", "outcome" => label).increment(1);
-                self.ledger.record(event(&req, facts.org_id, now, outcome));
+                self.ledger.record(event(&req, facts.org_id, now, refusal));
             }
         }
-        Ok((reserved.outcome, policy))
+        Ok((outcome, policy))
+    }
+
+    /// Decides with the local book or the shared rate state.
+    async fn decide<'b>(
+        &self,
+        attempt: &Attempt<'_>,
+        binding: &'b RateBinding,
+    ) -> Result<(Reserved, &'b Arc<BoundPolicy>), ApiError> {
+        match &self.shared {
+            None => {
+                Ok((attempt.reserve(&binding.policy, binding.shadow.as_deref(), RateSource::Local)?, &binding.policy))
+            }
+            Some(shared) => shared.decide(attempt, binding).await,
+        }
+    }
+
+    /// Gives back a reservation whose debit was not committed: the quotas, and the rate
+    /// capacity (in the book, or in the shared store when nothing has written since).
+    async fn undo(
+        &self,
+        attempt: &Attempt<'_>,
+        rate: Option<&(Option<RateState>, RateState)>,
+        local: bool,
+        periods: Periods,
+    ) {
+        attempt.release(periods, rate, local);
+        if let (Some(shared), Some((read, applied)), false) = (&self.shared, rate, local) {
+            shared.restore(attempt.req.user_id, &attempt.req.provider, applied, read.as_ref()).await;
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use leaky_engine::{Outcome as RateOutcome, Request};
 use leaky_store::events::Outcome;
-use leaky_store::ledger::Debit;
+use leaky_store::ledger::{Debit, Scope, Standing};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -129,6 +129,24 @@ impl Attempt<'_> {
         let outcome =
             ConsumeOutcome::Allowed { user: view(&acct.quota), org: org.map(|((id, _), q)| (*id, view(q))), rate };
         Ok(Reserved { outcome, debit: Some(debit), rate: Some((read, applied)), local })
+    }
+
+    /// Takes in the quota standings the database reported for this request.
+    pub fn adopt(&self, user: Option<Standing>, org: Option<Standing>) {
+        if let Some(s) = user {
+            lock(self.account).quota.adopt(s.limit, s.used, s.period_start);
+        }
+        if let (Some((_, cell)), Some(s)) = (self.org, org) {
+            lock(cell).adopt(s.limit, s.used, s.period_start);
+        }
+    }
+
+    /// The current view of the user's quota, or the org's.
+    pub fn view_of(&self, scope: Scope) -> QuotaView {
+        match (scope, self.org) {
+            (Scope::Org, Some((_, cell))) => view(&lock(cell)),
+            _ => view(&lock(self.account).quota),
+        }
     }
 
     /// Gives back what [`Self::reserve`] took: the quotas (if still in the same periods) and,

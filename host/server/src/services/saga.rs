@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
+use leaky_store::Pool;
 use leaky_store::purchases::{self, Purchase};
-use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -16,13 +16,13 @@ use crate::services::accounts::{Accounts, lock};
 
 /// Runs purchase sagas.
 pub struct Sagas {
-    pool: SqlitePool,
+    pool: Pool,
     accounts: Arc<Accounts>,
 }
 
 impl Sagas {
     /// Sagas over the database and the book.
-    pub fn new(pool: SqlitePool, accounts: Arc<Accounts>) -> Self {
+    pub fn new(pool: Pool, accounts: Arc<Accounts>) -> Self {
         Self { pool, accounts }
     }
 

@@ -24,10 +24,14 @@ const MAX_ROUNDS: usize = 16;
 /// Stored state outlives the moment its limiter is fully reset by this much.
 const TTL_MARGIN_MS: u64 = 60_000;
 
+/// Lock stripes serialising this process's decisions per subject (see [`SharedRate::decide`]).
+const STRIPES: usize = 1024;
+
 /// The shared rate state and what to do without it.
 pub struct SharedRate {
     store: Arc<dyn SharedRateState>,
     fail_open: bool,
+    stripes: Box<[tokio::sync::Mutex<()>]>,
 }
 
 fn key(user: Uuid, provider: &str) -> RateKey {
@@ -59,7 +63,8 @@ fn retry_later(wait_ms: u64) -> ConsumeOutcome {
 impl SharedRate {
     /// Decisions over `store`; `fail_open` picks what happens while it is unavailable.
     pub fn new(store: Arc<dyn SharedRateState>, fail_open: bool) -> Self {
-        Self { store, fail_open }
+        let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Self { store, fail_open, stripes }
     }
 
     /// The stored state of (user, provider).
@@ -68,12 +73,17 @@ impl SharedRate {
     }
 
     /// Decides one request with `binding`; returns the reservation and the policy that decided.
+    ///
+    /// This process's decisions for one subject take turns (a lock stripe held from the read to
+    /// the compare-and-set): concurrent requests of one user would otherwise mostly lose the
+    /// compare-and-set to each other, and only other replicas' writes are left to conflict.
     pub async fn decide<'b>(
         &self,
         attempt: &Attempt<'_>,
         binding: &'b RateBinding,
     ) -> Result<(Reserved, &'b Arc<BoundPolicy>), ApiError> {
         let key = key(attempt.req.user_id, &attempt.req.provider);
+        let _turn = self.stripe(&key).lock().await;
         for round in 0..MAX_ROUNDS {
             let read = match self.store.get(&key).await {
                 Ok(stored) => stored.map(state),
@@ -103,6 +113,12 @@ impl SharedRate {
         }
         metrics::counter!("leaky_rate_state_contended_total").increment(1);
         Ok((Reserved { outcome: retry_later(10), debit: None, rate: None, local: false }, &binding.policy))
+    }
+
+    fn stripe(&self, key: &RateKey) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one((&key.subject, &key.provider));
+        &self.stripes[usize::try_from(hash % STRIPES as u64).unwrap_or(0)]
     }
 
     /// The decision while the shared state cannot be used.

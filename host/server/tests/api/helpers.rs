@@ -12,13 +12,15 @@ use uuid::Uuid;
 pub struct TestApp {
     pub base: String,
     pub client: Client,
-    pub pool: sqlx::SqlitePool,
+    pub pool: leaky_store::Pool,
     pub data: tempfile::TempDir,
 }
 
 /// The workspace's built policies.
 pub fn policies_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    let dir =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+            .join("../../policies");
     assert!(dir.join("leaky-bucket.wasm").exists(), "build the components first: `cargo xtask guests`");
     dir
 }

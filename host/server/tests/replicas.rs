@@ -1,0 +1,314 @@
+//! Two `leaky serve` processes on different ports sharing PostgreSQL, Redis and Kafka behave as
+//! one service: 10,000 one-token consumes at concurrency 256, spread over both, against a quota
+//! of 5,000 grant exactly 5,000 with no 5xx; every granted consume reaches the analytics store
+//! through Kafka exactly once; and a 100-tokens-per-second rate limit holds across both.
+//!
+//! The services are the ones the other tests use: PostgreSQL at `LEAKY_TEST_POSTGRES_URL`
+//! (a fresh database of the test's own), Redis at `LEAKY_TEST_REDIS_URL` (keys under a prefix
+//! of the test's own) and the broker at `LEAKY_TEST_KAFKA_BROKERS` (topics under a prefix of the
+//! test's own). Without any of them the test fails, unless the environment declares that one
+//! absent (`LEAKY_TEST_POSTGRES=absent`, ...); then it says it skipped.
+
+#![cfg(unix)]
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+const QUOTA: usize = 5_000;
+const REQUESTS: usize = 10_000;
+const CONCURRENCY: usize = 256;
+
+fn declared_absent(service: &str) -> bool {
+    let absent = std::env::var(format!("LEAKY_TEST_{service}")).is_ok_and(|v| v == "absent");
+    if absent {
+        eprintln!("SKIPPED: LEAKY_TEST_{service}=absent declares it absent; this test needs it");
+    }
+    absent
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// What both replicas share.
+struct Shared {
+    database: String,
+    redis: String,
+    brokers: String,
+    prefix: String,
+}
+
+/// A replica, killed when dropped.
+struct Replica {
+    child: Child,
+    base: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Replica {
+    fn start(shared: &Shared) -> Self {
+        let policies =
+            PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+                .join("../../policies");
+        assert!(policies.join("token-bucket.wasm").exists(), "build the components first: `cargo xtask guests`");
+        let data = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_leaky"))
+            .args(["serve", "--config", "/nonexistent/leaky.toml"])
+            .env("LEAKY_DATA_DIR", data.path())
+            .env("LEAKY_SERVER__ADDR", format!("127.0.0.1:{port}"))
+            .env("LEAKY_DATABASE__URL", &shared.database)
+            .env("LEAKY_REDIS__URL", &shared.redis)
+            .env("LEAKY_REDIS__KEY_PREFIX", format!("{}:", shared.prefix))
+            .env("LEAKY_KAFKA__BROKERS", &shared.brokers)
+            .env("LEAKY_KAFKA__TOPIC_PREFIX", format!("{}.", shared.prefix))
+            .env("LEAKY_KAFKA__GROUP_ID", &shared.prefix)
+            .env("LEAKY_AUTH__JWT_SECRET", format!("{}-a-secret-both-replicas-share", shared.prefix))
+            .env("LEAKY_BOOTSTRAP_ADMIN", "operator:correct horse battery")
+            .env("LEAKY_POLICIES__DIR", &policies)
+            .env("LEAKY_POLICIES__SYNC_INTERVAL_MS", "200")
+            .env("LEAKY_QUOTA__DEFAULT_LIMIT", QUOTA.to_string())
+            .env("LEAKY_TOKEN__BUCKET__CAPACITY", "1000000000")
+            .env("LEAKY_TOKEN__BUCKET__LEAK_RATE_PER_SECOND", "1000000000")
+            .env("LEAKY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("leaky serve starts");
+        Self { child, base: format!("http://127.0.0.1:{port}"), _data: data }
+    }
+
+    async fn ready(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if client.get(format!("{}/health/ready", self.base)).send().await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the replica at {} did not become ready", self.base);
+    }
+}
+
+async fn login(client: &reqwest::Client, base: &str, username: &str, password: &str) -> (String, String) {
+    let body: Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({ "username": username, "password": password }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (body["accessToken"].as_str().unwrap().to_string(), body["userId"].as_str().unwrap().to_string())
+}
+
+async fn register(client: &reqwest::Client, base: &str, username: &str) -> (String, String) {
+    let r = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({ "username": username, "email": format!("{username}@example.com"), "password": "correct horse" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    login(client, base, username, "correct horse").await
+}
+
+/// Tallies of answers.
+#[derive(Default)]
+struct Tally {
+    granted: AtomicUsize,
+    quota_refused: AtomicUsize,
+    rate_refused: AtomicUsize,
+    other: AtomicUsize,
+}
+
+/// `workers` tasks send one-token consumes of `user` for `provider`, alternating between the
+/// replicas, until `budget` requests were sent or `until` passes.
+async fn hammer(
+    client: &reqwest::Client,
+    bases: &[String; 2],
+    (token, user): &(String, String),
+    provider: &str,
+    workers: usize,
+    budget: usize,
+    until: Instant,
+) -> Arc<Tally> {
+    let tally = Arc::new(Tally::default());
+    let sent = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (client, base) = (client.clone(), bases[w % 2].clone());
+            let (token, user, provider) = (token.clone(), user.clone(), provider.to_string());
+            let (tally, sent) = (Arc::clone(&tally), Arc::clone(&sent));
+            tokio::spawn(async move {
+                while sent.fetch_add(1, Ordering::Relaxed) < budget && Instant::now() < until {
+                    let r = client
+                        .post(format!("{base}/api/v1/tokens/consume"))
+                        .bearer_auth(&token)
+                        .json(&json!({ "userId": user, "provider": provider, "tokens": 1 }))
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = r.status().as_u16();
+                    let body: Value = r.json().await.unwrap_or(Value::Null);
+                    let counter = match (status, body["error"]["code"].as_str()) {
+                        (200, _) => &tally.granted,
+                        (429, Some("insufficient_quota")) => &tally.quota_refused,
+                        (429, Some("rate_limit_exceeded")) => &tally.rate_refused,
+                        _ => {
+                            eprintln!("unexpected answer {status}: {body}");
+                            &tally.other
+                        }
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    tally
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_enforce_one_quota_and_one_rate_limit() {
+    if declared_absent("POSTGRES") || declared_absent("REDIS") || declared_absent("KAFKA") {
+        return;
+    }
+    let server = std::env::var("LEAKY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let prefix = format!("replicas{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&server).await.unwrap_or_else(|e| panic!("PostgreSQL at {server}: {e}"));
+    sqlx::query(&format!("CREATE DATABASE {prefix}")).execute(&mut admin).await.unwrap();
+    let database = format!("{}/{prefix}", server.rsplit_once('/').unwrap().0);
+    let shared = Shared {
+        database: database.clone(),
+        redis: std::env::var("LEAKY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        brokers: std::env::var("LEAKY_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+        prefix: prefix.clone(),
+    };
+
+    let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build().unwrap();
+    let first = Replica::start(&shared);
+    first.ready(&client).await;
+    let second = Replica::start(&shared);
+    second.ready(&client).await;
+    let bases = [first.base.clone(), second.base.clone()];
+
+    // One user's quota of 5,000, spent through both replicas at once.
+    let spender = register(&client, &bases[0], "spender").await;
+    let started = Instant::now();
+    let far = started + Duration::from_secs(600);
+    let tally = hammer(&client, &bases, &spender, "openai", CONCURRENCY, REQUESTS, far).await;
+    let granted = tally.granted.load(Ordering::Relaxed);
+    let refused = tally.quota_refused.load(Ordering::Relaxed);
+    println!(
+        "{REQUESTS} consumes over two replicas in {:.1} s: {granted} granted, {refused} refused for the quota, {} \
+         for the rate, {} other",
+        started.elapsed().as_secs_f64(),
+        tally.rate_refused.load(Ordering::Relaxed),
+        tally.other.load(Ordering::Relaxed)
+    );
+    assert_eq!(tally.other.load(Ordering::Relaxed), 0, "every answer is a grant or a refusal; no 5xx");
+    assert_eq!(granted, QUOTA, "exactly the quota is granted");
+    assert_eq!(granted + refused, REQUESTS);
+
+    let mut db = PgConnection::connect(&database).await.unwrap();
+    let (used, limit): (i64, i64) = sqlx::query_as(
+        "SELECT used, quota_limit FROM quotas WHERE owner_type = 'user' AND owner_id = $1 AND provider = 'openai'",
+    )
+    .bind(&spender.1)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!((used, limit), (QUOTA as i64, QUOTA as i64));
+    let ledger: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE kind = 'consume' AND user_id = $1")
+        .bind(&spender.1)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(ledger, QUOTA as i64, "one ledger row per grant");
+
+    // Every granted consume reaches analytics through Kafka, once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counted: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM analytics_events WHERE user_id = $1 AND outcome = 'allowed'")
+                .bind(&spender.1)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        if counted == QUOTA as i64 {
+            break;
+        }
+        assert!(counted < QUOTA as i64, "{counted} events counted for {QUOTA} grants");
+        assert!(Instant::now() < deadline, "only {counted} of {QUOTA} grants reached analytics through Kafka");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A rate limit of 100 tokens per second, bound on one replica, holds across both.
+    let (operator, _) = login(&client, &bases[0], "operator", "correct horse battery").await;
+    let binding = json!([{ "provider": "metered", "module": "token-bucket",
+        "params": { "capacity": 100, "refill_rate_per_second": 100 } }]);
+    let r = client
+        .put(format!("{}/api/v1/policies/bindings", bases[0]))
+        .bearer_auth(&operator)
+        .json(&binding)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let metered = register(&client, &bases[1], "metered").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: Value = client
+            .get(format!("{}/api/v1/tokens/status?provider=metered", bases[1]))
+            .bearer_auth(&metered.0)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let policies = status["policies"].as_array().cloned().unwrap_or_default();
+        if policies.iter().any(|p| p["provider"] == "metered" && p["module"].as_str().unwrap_or("") == "token-bucket") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second replica did not take the binding: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    let tally = hammer(&client, &bases, &metered, "metered", 64, usize::MAX, started + Duration::from_secs(3)).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let granted = tally.granted.load(Ordering::Relaxed) as f64;
+    let ceiling = 100.0 + 100.0 * seconds;
+    println!(
+        "rate phase: {granted} granted in {seconds:.2} s over two replicas (the limit allows at most {ceiling:.0}); {} \
+         refused for the rate",
+        tally.rate_refused.load(Ordering::Relaxed)
+    );
+    assert_eq!(tally.other.load(Ordering::Relaxed), 0, "no 5xx");
+    assert!(granted <= ceiling, "{granted} granted in {seconds:.2} s: the limit allows {ceiling:.0}");
+    assert!(granted >= 0.5 * ceiling, "{granted} granted in {seconds:.2} s: the limit allows {ceiling:.0}");
+
+    drop((first, second));
+    db.close().await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {prefix} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+}

@@ -1,0 +1,332 @@
+//! One repository suite, run on SQLite and again on the real PostgreSQL: users and orgs, API
+//! keys, quotas, purchases with their idempotency keys and saga steps, policy versions and
+//! bindings, the ledger's group commit (two writers arbitrating one quota), the outbox relay
+//! and the SQL analytics sink. (Which PostgreSQL, and what happens without one: `common`.)
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::TestDb;
+use leaky_store::analytics::{AnalyticsSink, ReportQuery, SqlAnalytics, Totals};
+use leaky_store::bus::{BoxFuture, EventBus};
+use leaky_store::events::{Event, Outcome};
+use leaky_store::ledger::{Committed, Debit, LedgerWriter, Scope};
+use leaky_store::policies::{self, Binding, NewVersion};
+use leaky_store::purchases::{self, Claim};
+use leaky_store::quotas::{self, OwnerType, Period};
+use leaky_store::{Database, StoreError, api_keys, now_ms, orgs, outbox, users};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+on_both_databases!(
+    users_and_orgs,
+    api_keys_are_found_by_hash_until_revoked,
+    quotas_keep_used_across_limit_changes,
+    idempotency_keys_and_the_purchase_saga,
+    policy_versions_activations_and_bindings,
+    two_writers_never_spend_more_than_a_quota,
+    the_relay_publishes_every_committed_event_in_order,
+    the_sql_sink_counts_each_event_once,
+);
+
+async fn user(db: &Database, name: &str) -> Uuid {
+    users::create(db.pool(), name, &format!("{name}@example.com"), "hash", &["user"]).await.unwrap().id
+}
+
+async fn users_and_orgs(t: &TestDb) {
+    let pool = t.db.pool();
+    let alice = users::create(pool, "alice", "alice@example.com", "h1", &["user"]).await.unwrap();
+    let taken = users::create(pool, "alice", "other@example.com", "h2", &["user"]).await;
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    assert_eq!(users::by_username(pool, "alice").await.unwrap().unwrap().id, alice.id);
+    assert!(users::by_username(pool, "nobody").await.unwrap().is_none());
+    let roles = vec!["user".to_string(), "admin".to_string()];
+    assert_eq!(users::set_roles(pool, alice.id, &roles).await.unwrap().unwrap().roles, roles);
+    users::set_password(pool, alice.id, "h3").await.unwrap();
+
+    let org = orgs::create(pool, "acme").await.unwrap();
+    assert!(matches!(orgs::create(pool, "acme").await, Err(StoreError::Conflict(_))));
+    assert_eq!(orgs::by_id(pool, org.id).await.unwrap().unwrap().name, "acme");
+    users::set_org(pool, alice.id, org.id).await.unwrap();
+    let stored = users::by_id(pool, alice.id).await.unwrap().unwrap();
+    assert_eq!((stored.org_id, stored.password_hash.as_str()), (Some(org.id), "h3"));
+    assert!(users::set_org(pool, Uuid::now_v7(), org.id).await.unwrap().is_none(), "no such user");
+}
+
+async fn api_keys_are_found_by_hash_until_revoked(t: &TestDb) {
+    let pool = t.db.pool();
+    let owner = user(&t.db, "keyholder").await;
+    let key = api_keys::create(pool, owner, "ci", "lt_abc", "hash-1", None).await.unwrap();
+    api_keys::create(pool, owner, "laptop", "lt_def", "hash-2", Some(now_ms() + 60_000)).await.unwrap();
+    assert_eq!(api_keys::list(pool, owner).await.unwrap().len(), 2);
+    assert_eq!(api_keys::live_by_hash(pool, "hash-1").await.unwrap().unwrap().id, key.id);
+    assert!(api_keys::revoke(pool, owner, key.id).await.unwrap());
+    assert!(!api_keys::revoke(pool, owner, key.id).await.unwrap(), "already revoked");
+    assert!(api_keys::live_by_hash(pool, "hash-1").await.unwrap().is_none());
+    assert!(api_keys::live_by_hash(pool, "hash-2").await.unwrap().is_some());
+}
+
+async fn quotas_keep_used_across_limit_changes(t: &TestDb) {
+    let pool = t.db.pool();
+    let owner = user(&t.db, "quota").await;
+    assert!(quotas::get(pool, OwnerType::User, owner, "openai").await.unwrap().is_none());
+    let q = quotas::put(pool, OwnerType::User, owner, "openai", 100, Period::None).await.unwrap();
+    assert_eq!((q.limit, q.used, q.period), (100, 0, Period::None));
+    debit_all(&t.db, owner, None, 30).await;
+    let q = quotas::put(pool, OwnerType::User, owner, "openai", 500, Period::Daily).await.unwrap();
+    assert_eq!((q.limit, q.used, q.period), (500, 30, Period::Daily));
+    quotas::put(pool, OwnerType::User, owner, "anthropic", 7, Period::Monthly).await.unwrap();
+    let listed = quotas::list(pool, OwnerType::User, owner).await.unwrap();
+    assert_eq!(listed.iter().map(|q| q.provider.as_str()).collect::<Vec<_>>(), ["anthropic", "openai"]);
+}
+
+async fn idempotency_keys_and_the_purchase_saga(t: &TestDb) {
+    let pool = t.db.pool();
+    let buyer = user(&t.db, "buyer").await;
+    assert_eq!(purchases::claim(pool, buyer, "k1", "h").await.unwrap(), Claim::New);
+    assert_eq!(purchases::claim(pool, buyer, "k1", "h").await.unwrap(), Claim::Running);
+    assert_eq!(purchases::claim(pool, buyer, "k1", "other").await.unwrap(), Claim::Mismatch);
+
+    let id = Uuid::now_v7();
+    purchases::create(pool, id, buyer, "openai", 250).await.unwrap();
+    purchases::attach(pool, buyer, "k1", id).await.unwrap();
+    assert_eq!(purchases::running_keys(pool).await.unwrap(), vec![(buyer, "k1".to_string(), Some(id))]);
+    assert_eq!(purchases::pending(pool).await.unwrap(), vec![id]);
+    purchases::capture_payment(pool, id, 250).await.unwrap();
+    purchases::capture_payment(pool, id, 250).await.expect("capturing again changes nothing");
+    assert_eq!(purchases::step_status(pool, id, "capture_payment").await.unwrap().as_deref(), Some("DONE"));
+    let purchase = purchases::get(pool, id).await.unwrap().unwrap();
+    purchases::credit_quota(pool, &purchase, None, 1000).await.unwrap();
+    assert!(purchases::credit_quota(pool, &purchase, None, 1000).await.is_err(), "a purchase is credited once");
+    let quota = quotas::get(pool, OwnerType::User, buyer, "openai").await.unwrap().unwrap();
+    assert_eq!(quota.limit, 1250);
+    purchases::finish_saga(pool, id, "COMPLETED", "tokens credited").await.unwrap();
+    purchases::finish(pool, buyer, "k1", 201, "{\"ok\":true}").await.unwrap();
+    assert_eq!(
+        purchases::claim(pool, buyer, "k1", "h").await.unwrap(),
+        Claim::Replay { status: 201, body: "{\"ok\":true}".into() }
+    );
+    let done = purchases::get(pool, id).await.unwrap().unwrap();
+    assert_eq!(done.status, "COMPLETED");
+    assert_eq!(done.steps.len(), 3, "{:?}", done.steps);
+    assert!(purchases::pending(pool).await.unwrap().is_empty());
+
+    assert_eq!(purchases::claim(pool, buyer, "k2", "h").await.unwrap(), Claim::New);
+    purchases::release(pool, buyer, "k2").await.unwrap();
+    assert_eq!(purchases::claim(pool, buyer, "k2", "h").await.unwrap(), Claim::New, "a released key is free");
+}
+
+async fn policy_versions_activations_and_bindings(t: &TestDb) {
+    let pool = t.db.pool();
+    let add = |bytes: &'static [u8], sha: &'static str| {
+        let new = NewVersion { name: "swap", kind: "rate-limiter", sha256: sha, component: bytes, source: "api" };
+        policies::add_version(pool, new)
+    };
+    let (v1, created) = add(b"one", "sha-1").await.unwrap();
+    assert!(created);
+    let (again, created) = add(b"one", "sha-1").await.unwrap();
+    assert!(!created && again.version == v1.version, "the same bytes are the same version");
+    let (v2, _) = add(b"two", "sha-2").await.unwrap();
+    assert_eq!((v1.version, v2.version), (1, 2));
+    assert_eq!(policies::component(pool, "swap", 2).await.unwrap().as_deref(), Some(&b"two"[..]));
+
+    let start = policies::generation(pool).await.unwrap();
+    assert_eq!(policies::activate(pool, "swap", 1).await.unwrap(), None);
+    assert_eq!(policies::activate(pool, "swap", 2).await.unwrap(), Some(1));
+    assert_eq!(policies::rollback_target(pool, "swap").await.unwrap(), Some((2, 1)));
+    assert_eq!(policies::rollback(pool, "swap").await.unwrap(), Some(1));
+    assert_eq!(policies::rollback(pool, "swap").await.unwrap(), None, "nothing earlier than the first");
+    assert!(policies::generation(pool).await.unwrap() > start);
+
+    let binding = Binding {
+        provider: "acme".into(),
+        kind: "rate-limiter".into(),
+        module: "swap".into(),
+        params: vec![("capacity".into(), "5".into())],
+        shadow: Some(("swap".into(), vec![])),
+        source: "api".into(),
+    };
+    policies::replace_bindings(pool, std::slice::from_ref(&binding)).await.unwrap();
+    let state = policies::state(pool).await.unwrap();
+    assert_eq!(state.bindings, vec![binding]);
+    assert_eq!(state.active.iter().map(|v| (v.name.as_str(), v.version)).collect::<Vec<_>>(), [("swap", 1)]);
+    policies::set_source(pool, "policies/swap.wasm", "sha-1").await.unwrap();
+    assert_eq!(policies::source(pool, "policies/swap.wasm").await.unwrap().as_deref(), Some("sha-1"));
+}
+
+fn debit(user: Uuid, org: Option<Uuid>, limit: i64) -> Debit {
+    let now = now_ms();
+    Debit {
+        entry_id: Uuid::now_v7(),
+        user_id: user,
+        org: org.map(|id| (id, 0)),
+        provider: "openai".into(),
+        tokens: 1,
+        user_period_start: 0,
+        user_limit: limit,
+        request_id: None,
+        event: Event {
+            id: Uuid::now_v7(),
+            outcome: Outcome::Allowed,
+            user_id: user,
+            org_id: org,
+            provider: "openai".into(),
+            model: None,
+            tokens: 1,
+            occurred_at: now,
+        },
+    }
+}
+
+/// Commits `n` one-token debits of `user` through one writer.
+async fn debit_all(db: &Database, user: Uuid, org: Option<Uuid>, n: usize) {
+    let writer = LedgerWriter::spawn(db.pool().clone(), Arc::new(Notify::new()));
+    for _ in 0..n {
+        assert!(matches!(writer.debit(debit(user, org, 1_000_000)).await.unwrap(), Committed::Spent { .. }));
+    }
+}
+
+/// Two writers (as two replicas would have, each on its own pool) and 64 tasks: 2,000 debits
+/// against a user quota of 500, then 600 debits of three users against an org quota of 300.
+async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
+    let second = Database::open(&t.url).await.unwrap();
+    let writers = [
+        LedgerWriter::spawn(t.db.pool().clone(), Arc::new(Notify::new())),
+        LedgerWriter::spawn(second.pool().clone(), Arc::new(Notify::new())),
+    ];
+    let owner = user(&t.db, "spender").await;
+    let run = |users: Vec<Uuid>, org: Option<Uuid>, limit: i64, per_task: usize| {
+        let tasks: Vec<_> = (0..64)
+            .map(|task| {
+                let writer = writers[task % 2].clone();
+                let user = users[task % users.len()];
+                tokio::spawn(async move {
+                    let mut outcomes = Vec::new();
+                    for _ in 0..per_task {
+                        outcomes.push(writer.debit(debit(user, org, limit)).await.unwrap());
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        async move {
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await.unwrap());
+            }
+            all
+        }
+    };
+    let outcomes = run(vec![owner], None, 500, 2000 / 64 + 1).await;
+    let spent = outcomes.iter().filter(|o| matches!(o, Committed::Spent { .. })).count();
+    assert_eq!(spent, 500, "exactly the quota is granted");
+    assert!(outcomes.iter().all(|o| match o {
+        Committed::Spent { user, .. } => user.used <= 500,
+        Committed::Refused { scope, standing } => *scope == Scope::User && standing.used == 500,
+    }));
+    let stored = quotas::get(t.db.pool(), OwnerType::User, owner, "openai").await.unwrap().unwrap();
+    assert_eq!((stored.limit, stored.used), (500, 500));
+    assert_eq!(leaky_store::ledger::consumed(t.db.pool(), owner, "openai").await.unwrap(), 500);
+    assert_eq!(outbox::pending(t.db.pool()).await.unwrap(), 500, "one event per granted debit");
+
+    let org = orgs::create(t.db.pool(), "shared").await.unwrap().id;
+    quotas::put(t.db.pool(), OwnerType::Org, org, "openai", 300, Period::None).await.unwrap();
+    let members = vec![user(&t.db, "m1").await, user(&t.db, "m2").await, user(&t.db, "m3").await];
+    let outcomes = run(members, Some(org), 10_000, 10).await;
+    let spent = outcomes.iter().filter(|o| matches!(o, Committed::Spent { .. })).count();
+    assert_eq!(spent, 300, "exactly the org quota is granted");
+    assert!(outcomes.iter().any(|o| matches!(o, Committed::Refused { scope: Scope::Org, .. })));
+    let stored = quotas::get(t.db.pool(), OwnerType::Org, org, "openai").await.unwrap().unwrap();
+    assert_eq!(stored.used, 300);
+    second.pool().close().await;
+}
+
+/// Remembers what it was given.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Uuid>>);
+
+impl EventBus for Recorder {
+    fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.lock().unwrap().extend(events.iter().map(|e| e.id));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Two writers commit while two relays (each on its own pool) publish: every event is
+/// published, none is passed over, and the cursor ends at the last one.
+async fn the_relay_publishes_every_committed_event_in_order(t: &TestDb) {
+    let second = Database::open(&t.url).await.unwrap();
+    let owner = user(&t.db, "relayed").await;
+    let bus = Arc::new(Recorder::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let relays: Vec<_> = [t.db.clone(), second.clone()]
+        .into_iter()
+        .map(|db| {
+            let (bus, done) = (Arc::clone(&bus), Arc::clone(&done));
+            tokio::spawn(async move {
+                while !done.load(Ordering::Relaxed) {
+                    outbox::relay_once(&db, bus.as_ref()).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let writers =
+        [t.db.pool().clone(), second.pool().clone()].map(|pool| LedgerWriter::spawn(pool, Arc::new(Notify::new())));
+    let mut committed = Vec::new();
+    let tasks: Vec<_> = (0..16)
+        .map(|task| {
+            let writer = writers[task % 2].clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..40 {
+                    let d = debit(owner, None, 1_000_000);
+                    ids.push(d.event.id);
+                    writer.debit(d).await.unwrap();
+                }
+                ids
+            })
+        })
+        .collect();
+    for task in tasks {
+        committed.extend(task.await.unwrap());
+    }
+    done.store(true, Ordering::Relaxed);
+    for relay in relays {
+        relay.await.unwrap();
+    }
+    while outbox::relay_once(&t.db, bus.as_ref()).await.unwrap() > 0 {}
+    let published: HashSet<Uuid> = bus.0.lock().unwrap().iter().copied().collect();
+    let missing = committed.iter().filter(|id| !published.contains(id)).count();
+    assert_eq!(missing, 0, "every committed event is published");
+    assert_eq!(outbox::pending(t.db.pool()).await.unwrap(), 0);
+    second.pool().close().await;
+}
+
+async fn the_sql_sink_counts_each_event_once(t: &TestDb) {
+    let sink = SqlAnalytics::new(&t.db);
+    let owner = Uuid::now_v7();
+    let events: Vec<Event> = (0..5)
+        .map(|i| {
+            let mut e = debit(owner, None, 10).event;
+            e.tokens = 10;
+            e.occurred_at = 1_000 + i;
+            if i == 4 {
+                e.outcome = Outcome::RateLimited;
+            }
+            e
+        })
+        .collect();
+    sink.record(&events).await.unwrap();
+    sink.record(&events).await.unwrap();
+    let query =
+        ReportQuery { user_id: Some(owner), org_id: None, provider: None, from: 0, to: 10_000, bucket_ms: 1_000 };
+    let report = sink.report(&query).await.unwrap();
+    assert_eq!(report.totals, Totals { tokens: 40, requests: 4, rate_limited: 1, quota_rejected: 0 });
+    assert_eq!(report.series.len(), 1);
+    assert_eq!(report.by_provider[0].tokens, 40);
+}
