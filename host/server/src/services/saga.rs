@@ -75,6 +75,9 @@ impl Sagas {
         }
         if purchases::step_status(&self.pool, id, "credit_quota").await?.is_none()
             && let Err(err) = self.credit(&purchase).await
+            // Another replica resuming the same saga may have credited it meanwhile (its
+            // transaction won); then the credit stands and there is nothing to refund.
+            && purchases::step_status(&self.pool, id, "credit_quota").await?.is_none()
         {
             tracing::warn!(purchase = %id, error = %err, "credit failed; refunding the payment");
             purchases::refund_payment(&self.pool, id, "the quota could not be credited; payment refunded").await?;

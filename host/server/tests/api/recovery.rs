@@ -53,3 +53,33 @@ async fn an_interrupted_purchase_is_resumed_at_start_and_credited_once() {
         sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE kind = 'purchase'").fetch_one(&pool).await.unwrap();
     assert_eq!(credits, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_saga_resumed_by_several_processes_at_once_credits_once_and_refunds_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let app = Application::build(test_settings(data.path())).await.unwrap();
+    let pool = app.state().db.pool().clone();
+    let user = leaky_store::users::create(&pool, "racer", "racer@example.com", "x", &["user"]).await.unwrap();
+    let purchase = Uuid::now_v7();
+    purchases::create(&pool, purchase, user.id, "openai", 300).await.unwrap();
+    purchases::capture_payment(&pool, purchase, 300).await.unwrap();
+
+    // As replicas starting together would: each resumes the same pending saga.
+    let runs: Vec<_> = (0..8)
+        .map(|_| {
+            let sagas = std::sync::Arc::clone(&app.state().sagas);
+            tokio::spawn(async move { sagas.run(purchase).await })
+        })
+        .collect();
+    for run in runs {
+        run.await.unwrap().unwrap();
+    }
+    let done = purchases::get(&pool, purchase).await.unwrap().unwrap();
+    assert_eq!(done.status, "COMPLETED", "{:?}", done.steps);
+    let refunded: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM payments WHERE status = 'REFUNDED'").fetch_one(&pool).await.unwrap();
+    assert_eq!(refunded, 0, "a credited purchase is never refunded");
+    let credits: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE kind = 'purchase'").fetch_one(&pool).await.unwrap();
+    assert_eq!(credits, 1);
+}
