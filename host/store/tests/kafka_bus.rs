@@ -1,6 +1,7 @@
 //! The Kafka bus and the analytics consumer group against a real Kafka-protocol broker:
 //! delivery with event-id and traceparent headers, deduplication of a replayed topic, and the
-//! outbox relay cancelled again and again mid-publish without losing or double-counting an event.
+//! outbox relay cancelled again and again mid-publish without losing or double-counting an event
+//! (from a SQLite ledger and from a PostgreSQL one).
 //!
 //! The broker is `LEAKY_TEST_KAFKA_BROKERS` (default `127.0.0.1:9092`; `cargo xtask test` starts
 //! one when nothing answers). Without a broker the tests fail, unless `LEAKY_TEST_KAFKA=absent`
@@ -8,9 +9,12 @@
 //! its own.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::TestDb;
 use leaky_store::analytics::{AnalyticsSink, SqlAnalytics};
 use leaky_store::bus::EventBus;
 use leaky_store::events::{Event, Outcome};
@@ -112,15 +116,16 @@ async fn events_reach_analytics_once_with_their_headers_even_when_the_topic_is_r
     assert_eq!(header("traceparent").unwrap(), traceparent(&payload).into_bytes());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_cancelled_again_and_again_delivers_every_committed_event_exactly_once_to_analytics() {
+on_both_databases!(a_relay_cancelled_again_and_again_delivers_every_committed_event_exactly_once_to_analytics);
+
+/// On the ledger database of `t` (SQLite, then PostgreSQL).
+async fn a_relay_cancelled_again_and_again_delivers_every_committed_event_exactly_once_to_analytics(t: &TestDb) {
     let Some(config) = config() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let db = Database::open(&format!("sqlite://{}", dir.path().join("ledger.db").display())).await.unwrap();
+    let db = &t.db;
     let user = Uuid::now_v7();
     for n in 0..1000u64 {
         let e = event(user, n + 1);
-        sqlx::query("INSERT INTO outbox (event_id, topic, key, payload, created_at) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO outbox (event_id, topic, key, payload, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(e.id.to_string())
             .bind(e.topic())
             .bind(e.user_id.to_string())
@@ -135,7 +140,7 @@ async fn a_relay_cancelled_again_and_again_delivers_every_committed_event_exactl
     let mut cancelled = 0;
     let mut deadline_ms = 1;
     while outbox::pending(db.pool()).await.unwrap() > 0 {
-        match tokio::time::timeout(Duration::from_millis(deadline_ms), outbox::relay_once(&db, &bus)).await {
+        match tokio::time::timeout(Duration::from_millis(deadline_ms), outbox::relay_once(db, &bus)).await {
             Err(_) => cancelled += 1,
             Ok(result) => {
                 result.unwrap();
