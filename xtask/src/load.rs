@@ -1,8 +1,11 @@
-//! `cargo xtask bench-http`: the consume load benchmark of the service on embedded defaults.
+//! `cargo xtask bench-http`: the consume load benchmark of the service, on embedded defaults or
+//! on the backends the environment names (the servers inherit it: `LEAKY_DATABASE__URL`,
+//! `LEAKY_REDIS__URL`, ...).
 //!
 //! It builds the release binary, seeds users with `leaky admin create-users`, starts
-//! `leaky serve` on a fresh data directory, and drives `POST /api/v1/tokens/consume` (one token
-//! for a different user each time, round-robin over all of them) from keep-alive HTTP/1.1
+//! `leaky serve` (or `--replicas N` of them on consecutive ports, the connections spread over
+//! them) on a fresh data directory, and drives `POST /api/v1/tokens/consume` (one token for a
+//! different user each time, round-robin over all of them) from keep-alive HTTP/1.1
 //! connections for a fixed time, as a gateway acting for its users would. It prints requests
 //! per second, the status counts and latency percentiles. The client is a minimal raw HTTP/1.1
 //! writer on a single-threaded runtime so that most of the CPU is left to the server.
@@ -26,6 +29,7 @@ pub struct Load {
     pub connections: usize,
     pub seconds: u64,
     pub port: u16,
+    pub replicas: u16,
 }
 
 pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<()> {
@@ -33,10 +37,15 @@ pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<()> {
     let leaky = target_dir.join("release/leaky");
     let data = std::env::temp_dir().join(format!("leaky-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
+    let shared_database = std::env::var("LEAKY_DATABASE__URL").is_ok_and(|url| url.starts_with("postgres"));
+    if load.replicas > 1 && !shared_database {
+        bail!("--replicas {} needs a database they share: set LEAKY_DATABASE__URL=postgres://...", load.replicas);
+    }
     let env = |cmd: &mut Command| {
         cmd.current_dir(root)
             .env("LEAKY_DATA_DIR", &data)
-            .env("LEAKY_SERVER__ADDR", format!("127.0.0.1:{}", load.port))
+            // Replicas must accept each other's tokens.
+            .env("LEAKY_AUTH__JWT_SECRET", "bench-only-secret-shared-by-every-replica")
             .env("LEAKY_POLICIES__DIR", root.join("policies"))
             .env("LEAKY_LOG", "warn")
             .env("LEAKY_TELEMETRY__LOG_FORMAT", "json");
@@ -61,30 +70,39 @@ pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<()> {
             .map(String::from)
             .collect();
 
-    let mut cmd = Command::new(&leaky);
-    env(&mut cmd);
-    let mut server = cmd.arg("serve").stdout(Stdio::null()).spawn()?;
-    let result = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(drive(load, users));
-    let _ = server.kill();
-    let _ = server.wait();
+    let addrs: Vec<String> = (0..load.replicas).map(|n| format!("127.0.0.1:{}", load.port + n)).collect();
+    let mut servers = Vec::new();
+    for addr in &addrs {
+        let mut cmd = Command::new(&leaky);
+        env(&mut cmd);
+        servers.push(cmd.env("LEAKY_SERVER__ADDR", addr).arg("serve").stdout(Stdio::null()).spawn()?);
+    }
+    let result =
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(drive(load, addrs, users));
+    for mut server in servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
     let _ = std::fs::remove_dir_all(&data);
     result
 }
 
-async fn drive(load: &Load, users: Vec<String>) -> Result<()> {
-    let addr = format!("127.0.0.1:{}", load.port);
+async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((200, _)) = request(&addr, "GET", "/health/ready", None, "").await {
-            break;
+    for addr in &addrs {
+        loop {
+            if let Ok((200, _)) = request(addr, "GET", "/health/ready", None, "").await {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the server at {addr} did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if Instant::now() > deadline {
-            bail!("the server did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let addr = &addrs[0];
     let (status, body) =
-        request(&addr, "POST", "/api/v1/auth/login", None, r#"{"username":"benchadmin","password":"bench password"}"#)
+        request(addr, "POST", "/api/v1/auth/login", None, r#"{"username":"benchadmin","password":"bench password"}"#)
             .await?;
     if status != 200 {
         bail!("login failed: {status} {body}");
@@ -96,8 +114,9 @@ async fn drive(load: &Load, users: Vec<String>) -> Result<()> {
     let warm_up = Duration::from_secs(2);
     let measure = Duration::from_secs(load.seconds);
     println!(
-        "{} connections, {} users, {}s warm-up, {}s measured ...",
+        "{} connections over {} replica(s), {} users, {}s warm-up, {}s measured ...",
         load.connections,
+        addrs.len(),
         users.len(),
         warm_up.as_secs(),
         load.seconds
@@ -105,7 +124,7 @@ async fn drive(load: &Load, users: Vec<String>) -> Result<()> {
     let start = Instant::now();
     let tasks: Vec<_> = (0..load.connections)
         .map(|c| {
-            let (addr, token, users) = (addr.clone(), token.clone(), Arc::clone(&users));
+            let (addr, token, users) = (addrs[c % addrs.len()].clone(), token.clone(), Arc::clone(&users));
             tokio::spawn(
                 async move { worker(&addr, &token, &users, c, start + warm_up, start + warm_up + measure).await },
             )

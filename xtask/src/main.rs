@@ -53,9 +53,13 @@ enum Task {
         /// Measured seconds (after a 2 s warm-up).
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// Port for the server under test.
+        /// Port for the server under test (replica N listens on port + N).
         #[arg(long, default_value_t = 18080)]
         port: u16,
+        /// Replicas of the server, the connections spread over them (more than one needs a
+        /// shared database: `LEAKY_DATABASE__URL=postgres://...`).
+        #[arg(long, default_value_t = 1)]
+        replicas: u16,
     },
     /// Build the guests, then run the criterion benchmarks of the engine.
     Bench {
@@ -78,10 +82,10 @@ fn main() -> Result<()> {
             services::ensure()?;
             test(&root, &args)
         }
-        Task::BenchHttp { users, connections, seconds, port } => {
+        Task::BenchHttp { users, connections, seconds, port, replicas } => {
             guests::build(&root)?;
             let target = guests::target_dir(&root)?;
-            load::bench(&root, &target, &load::Load { users, connections, seconds, port })
+            load::bench(&root, &target, &load::Load { users, connections, seconds, port, replicas })
         }
         Task::Bench { args } => {
             guests::build(&root)?;
