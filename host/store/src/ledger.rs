@@ -19,6 +19,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::events::Event;
+use crate::quotas::Period;
 use crate::sql::Sql;
 use crate::{Pool, StoreError, now_ms};
 
@@ -34,13 +35,18 @@ pub struct Debit {
     pub entry_id: Uuid,
     /// Who spends.
     pub user_id: Uuid,
-    /// The user's org, charged too when present, with the start of its quota period.
+    /// The user's org, when the user is in one (its quota, if it has one, is charged too), with
+    /// the start of that quota's period as the deciding process saw it. The stored period
+    /// decides which period the tokens count in.
     pub org: Option<(Uuid, i64)>,
     /// The provider.
     pub provider: String,
-    /// Tokens charged to the quotas.
+    /// Tokens consumed (the ledger row's).
     pub tokens: u64,
-    /// Start of the user's quota period the tokens count in.
+    /// What they cost against the quotas (the tokens, or a quota rule's price).
+    pub cost: i64,
+    /// Start of the user's quota period as the deciding process saw it (stored as the period
+    /// start of a quota row the debit creates).
     pub user_period_start: i64,
     /// The user's limit, stored if the user's quota has no row yet (first spend on defaults).
     pub user_limit: i64,
@@ -59,6 +65,8 @@ pub struct Standing {
     pub used: i64,
     /// Start of the period.
     pub period_start: i64,
+    /// When the period ends, if it ever does.
+    pub reset_at: Option<i64>,
 }
 
 /// Which quota refused a debit.
@@ -181,6 +189,14 @@ fn is_transient(err: &sqlx::Error) -> bool {
 /// A quota row: (owner type, owner id, provider).
 type QuotaKey = (&'static str, Uuid, String);
 
+/// A locked quota row: its standing, its period and the start of that period as of the commit.
+#[derive(Clone, Copy)]
+struct Locked {
+    standing: Standing,
+    period: Period,
+    current_start: i64,
+}
+
 /// Commits a batch in one transaction: makes sure every user has a quota row, locks the quota
 /// rows the batch touches, decides each debit against them in order, then writes the granted
 /// debits' ledger rows, the counters and the outbox events, one statement per table. The answer
@@ -196,7 +212,7 @@ async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, 
         .collect();
     let mut tx = pool.begin().await?;
     let postgres = tx.backend_name() == POSTGRES;
-    let mut standings =
+    let mut rows =
         if debits.is_empty() { BTreeMap::new() } else { lock_quotas(&mut tx, &debits, postgres, now).await? };
 
     // Decide each debit against the stored counters, in the order they were queued.
@@ -204,7 +220,7 @@ async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, 
     let mut decisions = Vec::with_capacity(debits.len());
     let mut touched = BTreeSet::new();
     for d in &debits {
-        let decision = decide(d, &mut standings, &mut touched)?;
+        let decision = decide(d, &mut rows, &mut touched)?;
         if matches!(decision, Committed::Spent { .. }) {
             granted.push(*d);
         }
@@ -228,7 +244,8 @@ async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, 
 
         let mut update = Sql::new("UPDATE quotas SET used = v.column4, period_start = v.column5, updated_at = ");
         update.bind(now).push(" FROM (");
-        update.values(touched.iter().filter_map(|k| standings.get_key_value(k)), |row, ((kind, id, provider), s)| {
+        update.values(touched.iter().filter_map(|k| rows.get_key_value(k)), |row, ((kind, id, provider), locked)| {
+            let s = locked.standing;
             row.bind(*kind).bind(id.to_string()).bind(provider.clone()).bind(s.used).bind(s.period_start);
         });
         update.push(
@@ -266,14 +283,14 @@ async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, 
 const POSTGRES: &str = "PostgreSQL";
 
 /// Creates the quota rows of users spending for the first time (with their default limits),
-/// then reads, and on PostgreSQL locks, every quota row the batch touches, in one order for all
-/// replicas (so two batches never wait for each other in a cycle).
+/// then reads, and on PostgreSQL locks, every quota row the batch touches (the users' and their
+/// orgs'), in one order for all replicas (so two batches never wait for each other in a cycle).
 async fn lock_quotas(
     tx: &mut sqlx::AnyConnection,
     debits: &[&Debit],
     postgres: bool,
     now: i64,
-) -> Result<BTreeMap<QuotaKey, Standing>, StoreError> {
+) -> Result<BTreeMap<QuotaKey, Locked>, StoreError> {
     let mut users: BTreeMap<(Uuid, &str), &Debit> = BTreeMap::new();
     let mut keys: BTreeSet<QuotaKey> = BTreeSet::new();
     for d in debits {
@@ -300,7 +317,8 @@ async fn lock_quotas(
     create.execute(&mut *tx).await?;
 
     let mut select = Sql::new(
-        "SELECT q.owner_type, q.owner_id, q.provider, q.quota_limit, q.used, q.period_start FROM quotas AS q JOIN (",
+        "SELECT q.owner_type, q.owner_id, q.provider, q.quota_limit, q.used, q.period, q.period_start \
+         FROM quotas AS q JOIN (",
     );
     select.values(&keys, |row, (kind, id, provider)| {
         row.bind(*kind).bind(id.to_string()).bind(provider.clone());
@@ -319,68 +337,66 @@ async fn lock_quotas(
             _ => "org",
         };
         let id = crate::users::parse_uuid(&row.try_get::<String, _>("owner_id")?)?;
+        let period = Period::parse(&row.try_get::<String, _>("period")?)?;
+        let period_start = row.try_get("period_start")?;
         let standing = Standing {
             limit: row.try_get("quota_limit")?,
             used: row.try_get("used")?,
-            period_start: row.try_get("period_start")?,
+            period_start,
+            reset_at: period.end(period_start),
         };
-        standings.insert((kind, id, row.try_get("provider")?), standing);
+        let locked = Locked { standing, period, current_start: period.start(now) };
+        standings.insert((kind, id, row.try_get("provider")?), locked);
     }
     Ok(standings)
 }
 
-/// Decides one debit against the stored standings, applying it to them when it fits. A debit
-/// of a later period than stored starts the counter again; one of an earlier period (a batch
-/// racing midnight) counts in a period already over, so it is granted without counting.
+/// Decides one debit against the locked rows, applying it to them when it fits. The stored
+/// period decides: a row whose period has ended starts again from zero first.
 fn decide(
     d: &Debit,
-    standings: &mut BTreeMap<QuotaKey, Standing>,
+    rows: &mut BTreeMap<QuotaKey, Locked>,
     touched: &mut BTreeSet<QuotaKey>,
 ) -> Result<Committed, StoreError> {
-    let tokens = i64::try_from(d.tokens).unwrap_or(i64::MAX);
+    let tokens = d.cost;
     let user_key: QuotaKey = ("user", d.user_id, d.provider.clone());
-    let org_key: Option<(QuotaKey, i64)> = d.org.map(|(id, start)| (("org", id, d.provider.clone()), start));
-    let mut user =
-        *standings.get(&user_key).ok_or_else(|| StoreError::Corrupt("a user's quota row is missing".into()))?;
-    let user_counts = roll(&mut user, d.user_period_start);
-    if user_counts && user.used + tokens > user.limit {
+    let user = rolled(rows.get(&user_key).ok_or_else(|| StoreError::Corrupt("a user's quota row is missing".into()))?);
+    if user.used + tokens > user.limit {
         return Ok(Committed::Refused { scope: Scope::User, standing: user });
     }
-    let mut org = None;
-    if let Some((key, start)) = &org_key
-        && let Some(stored) = standings.get(key)
-    {
-        let mut standing = *stored;
-        let counts = roll(&mut standing, *start);
-        if counts && standing.used + tokens > standing.limit {
-            return Ok(Committed::Refused { scope: Scope::Org, standing });
+    let org_key: Option<QuotaKey> = d.org.map(|(id, _)| ("org", id, d.provider.clone()));
+    let org = match org_key.as_ref().and_then(|key| rows.get(key)) {
+        Some(locked) => {
+            let org = rolled(locked);
+            if org.used + tokens > org.limit {
+                return Ok(Committed::Refused { scope: Scope::Org, standing: org });
+            }
+            Some(org)
         }
-        if counts {
-            standing.used += tokens;
+        None => None,
+    };
+    let mut spend = |key: QuotaKey, mut standing: Standing| {
+        standing.used += tokens;
+        if let Some(locked) = rows.get_mut(&key) {
+            locked.standing = standing;
         }
-        org = Some((key.clone(), standing));
-    }
-    if user_counts {
-        user.used += tokens;
-    }
-    standings.insert(user_key.clone(), user);
-    touched.insert(user_key);
-    let org = org.map(|(key, standing)| {
-        standings.insert(key.clone(), standing);
         touched.insert(key);
         standing
-    });
+    };
+    let user = spend(user_key, user);
+    let org = org.zip(org_key).map(|(standing, key)| spend(key, standing));
     Ok(Committed::Spent { user, org })
 }
 
-/// Moves `standing` into the period starting at `start` if that is later; whether a debit of
-/// that period counts in it.
-fn roll(standing: &mut Standing, start: i64) -> bool {
-    if start > standing.period_start {
+/// A locked row's standing in the period current at the commit.
+fn rolled(locked: &Locked) -> Standing {
+    let mut standing = locked.standing;
+    if locked.current_start > standing.period_start {
         standing.used = 0;
-        standing.period_start = start;
+        standing.period_start = locked.current_start;
+        standing.reset_at = locked.period.end(locked.current_start);
     }
-    start == standing.period_start
+    standing
 }
 
 /// The PostgreSQL advisory lock held from a transaction's first outbox row to its commit, so

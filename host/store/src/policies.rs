@@ -131,6 +131,7 @@ pub async fn component(pool: &Pool, name: &str, version: i64) -> Result<Option<V
 /// these bytes. Returns the version and whether it was new. Changes nothing that is enforced.
 pub async fn add_version(pool: &Pool, new: NewVersion<'_>) -> Result<(VersionInfo, bool), StoreError> {
     let mut tx = pool.begin().await?;
+    serialize(&mut tx).await?;
     let sql = format!("SELECT {VERSION_COLUMNS} FROM policy_versions v WHERE v.name = $1 AND v.sha256 = $2");
     if let Some(row) = sqlx::query(&sql).bind(new.name).bind(new.sha256).fetch_optional(&mut *tx).await? {
         return Ok((version_from(&row)?, false));
@@ -173,6 +174,14 @@ pub async fn add_version(pool: &Pool, new: NewVersion<'_>) -> Result<(VersionInf
     Ok((info, true))
 }
 
+/// Takes the policy change lock (the generation row's), held to the end of the transaction:
+/// changes made by several replicas at once (two starting on one policy directory, say) happen
+/// one after the other, each seeing what the one before committed.
+async fn serialize(conn: &mut sqlx::AnyConnection) -> Result<(), StoreError> {
+    sqlx::query("UPDATE policy_generation SET generation = generation WHERE id = 1").execute(conn).await?;
+    Ok(())
+}
+
 async fn bump(conn: &mut sqlx::AnyConnection) -> Result<(), StoreError> {
     sqlx::query("UPDATE policy_generation SET generation = generation + 1 WHERE id = 1").execute(conn).await?;
     Ok(())
@@ -192,6 +201,7 @@ async fn active_of(conn: &mut sqlx::AnyConnection, name: &str) -> Result<Option<
 /// Returns the version that was active before.
 pub async fn activate(pool: &Pool, name: &str, version: i64) -> Result<Option<i64>, StoreError> {
     let mut tx = pool.begin().await?;
+    serialize(&mut tx).await?;
     let before = active_of(&mut tx, name).await?.map(|(_, v)| v);
     if before != Some(version) {
         sqlx::query("INSERT INTO policy_activations (name, version, activated_at) VALUES ($1, $2, $3)")
@@ -224,6 +234,7 @@ pub async fn rollback_target(pool: &Pool, name: &str) -> Result<Option<(i64, i64
 /// Returns that version, or `None` (and changes nothing) when there is no earlier one.
 pub async fn rollback(pool: &Pool, name: &str) -> Result<Option<i64>, StoreError> {
     let mut tx = pool.begin().await?;
+    serialize(&mut tx).await?;
     let Some((seq, _)) = active_of(&mut tx, name).await? else { return Ok(None) };
     sqlx::query("UPDATE policy_activations SET rolled_back = 1 WHERE seq = $1").bind(seq).execute(&mut *tx).await?;
     let Some((_, version)) = active_of(&mut tx, name).await? else { return Ok(None) };
@@ -298,6 +309,7 @@ async fn insert_binding(conn: &mut sqlx::AnyConnection, b: &Binding) -> Result<(
 /// Replaces every binding with `bindings`.
 pub async fn replace_bindings(pool: &Pool, bindings: &[Binding]) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
+    serialize(&mut tx).await?;
     sqlx::query("DELETE FROM policy_bindings").execute(&mut *tx).await?;
     for b in bindings {
         insert_binding(&mut tx, b).await?;
@@ -312,6 +324,7 @@ pub async fn replace_bindings(pool: &Pool, bindings: &[Binding]) -> Result<(), S
 /// and its content hash is recorded.
 pub async fn import_manifest(pool: &Pool, source: &str, sha256: &str, bindings: &[Binding]) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
+    serialize(&mut tx).await?;
     sqlx::query("DELETE FROM policy_bindings WHERE source = $1").bind(source).execute(&mut *tx).await?;
     for b in bindings {
         insert_binding(&mut tx, b).await?;

@@ -60,7 +60,7 @@ impl Period {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, StoreError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, StoreError> {
         match text {
             "none" => Ok(Self::None),
             "daily" => Ok(Self::Daily),

@@ -28,6 +28,7 @@ on_both_databases!(
     quotas_keep_used_across_limit_changes,
     idempotency_keys_and_the_purchase_saga,
     policy_versions_activations_and_bindings,
+    replicas_importing_one_component_at_once_make_one_version,
     two_writers_never_spend_more_than_a_quota,
     the_relay_publishes_every_committed_event_in_order,
     the_sql_sink_counts_each_event_once,
@@ -158,6 +159,35 @@ async fn policy_versions_activations_and_bindings(t: &TestDb) {
     assert_eq!(policies::source(pool, "policies/swap.wasm").await.unwrap().as_deref(), Some("sha-1"));
 }
 
+/// Replicas starting together on one policy directory each store and activate the same
+/// component: one version, one activation, no error.
+async fn replicas_importing_one_component_at_once_make_one_version(t: &TestDb) {
+    let second = Database::open(&t.url).await.unwrap();
+    let imports: Vec<_> = (0..8)
+        .map(|i| {
+            let db = if i % 2 == 0 { t.db.clone() } else { second.clone() };
+            tokio::spawn(async move {
+                let new = NewVersion {
+                    name: "leaky-bucket",
+                    kind: "rate-limiter",
+                    sha256: "sha-same",
+                    component: b"same bytes",
+                    source: "policies/leaky-bucket.wasm",
+                };
+                let (info, _) = policies::add_version(db.pool(), new).await?;
+                policies::activate(db.pool(), &info.name, info.version).await?;
+                Ok::<_, StoreError>(info.version)
+            })
+        })
+        .collect();
+    for import in imports {
+        assert_eq!(import.await.unwrap().unwrap(), 1);
+    }
+    assert_eq!(policies::versions(t.db.pool()).await.unwrap().len(), 1);
+    assert_eq!(policies::rollback_target(t.db.pool(), "leaky-bucket").await.unwrap(), None, "one activation");
+    second.pool().close().await;
+}
+
 fn debit(user: Uuid, org: Option<Uuid>, limit: i64) -> Debit {
     let now = now_ms();
     Debit {
@@ -166,6 +196,7 @@ fn debit(user: Uuid, org: Option<Uuid>, limit: i64) -> Debit {
         org: org.map(|id| (id, 0)),
         provider: "openai".into(),
         tokens: 1,
+        cost: 1,
         user_period_start: 0,
         user_limit: limit,
         request_id: None,

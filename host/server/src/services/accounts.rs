@@ -8,6 +8,7 @@
 //! the ledger writer) before the caller is answered; a debit whose commit fails is undone.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use leaky_engine::Words;
@@ -56,6 +57,9 @@ pub fn state_for(state: Option<&RateState>, strategy: &str) -> Option<Words> {
     state.filter(|s| &*s.strategy == strategy).map(|s| s.words)
 }
 
+/// How long facts about a user are trusted when other replicas may change them.
+pub const SHARED_FACTS_TTL: Duration = Duration::from_secs(1);
+
 /// A shared, lockable account.
 pub type AccountCell = Arc<Mutex<Account>>;
 /// A shared, lockable org quota.
@@ -73,7 +77,7 @@ pub struct Accounts {
     db: Database,
     users: DashMap<(Uuid, String), AccountCell>,
     orgs: DashMap<(Uuid, String), Option<OrgCell>>,
-    facts: DashMap<Uuid, UserFacts>,
+    facts: DashMap<Uuid, (UserFacts, Instant)>,
     default_limit: Box<dyn Fn(&str) -> u64 + Send + Sync>,
 }
 
@@ -94,20 +98,30 @@ impl Accounts {
         }
     }
 
-    /// Facts about a user; `None` when there is no such user.
+    /// Facts about a user; `None` when there is no such user. On a shared database they are
+    /// read again after [`SHARED_FACTS_TTL`], so an org change made on another replica applies
+    /// here within it.
     pub async fn user(&self, user: Uuid) -> Result<Option<UserFacts>, ApiError> {
-        if let Some(facts) = self.facts.get(&user) {
-            return Ok(Some(*facts));
+        if let Some(entry) = self.facts.get(&user)
+            && (!self.db.is_shared() || entry.1.elapsed() < SHARED_FACTS_TTL)
+        {
+            return Ok(Some(entry.0));
         }
         let Some(stored) = leaky_store::users::by_id(self.db.readers(), user).await? else { return Ok(None) };
         let facts = UserFacts { org_id: stored.org_id };
-        self.facts.insert(user, facts);
+        self.facts.insert(user, (facts, Instant::now()));
         Ok(Some(facts))
     }
 
     /// Forgets cached facts about a user (after an org change).
     pub fn forget_user(&self, user: Uuid) {
         self.facts.remove(&user);
+    }
+
+    /// Forgets what this process knows of an org's quota for a provider (it is read again on
+    /// next use).
+    pub fn forget_org(&self, org: Uuid, provider: &str) {
+        self.orgs.remove(&(org, provider.to_string()));
     }
 
     /// The account of (user, provider): its stored quota, or, for a first use, the default limit

@@ -169,12 +169,18 @@ impl ConsumeService {
                             Scope::User => attempt.adopt(Some(standing), None),
                             Scope::Org => attempt.adopt(None, Some(standing)),
                         }
+                        if let (Scope::Org, None, Some(org_id)) = (scope, &org, facts.org_id) {
+                            // An org quota set on another replica: load it for the next request.
+                            self.accounts.forget_org(org_id, &req.provider);
+                        }
                         let rate = match outcome {
                             ConsumeOutcome::Allowed { rate, .. } => rate,
                             ConsumeOutcome::RateLimited { rate } | ConsumeOutcome::QuotaExhausted { rate, .. } => rate,
                         };
                         let name = if scope == Scope::Org { "org" } else { "user" };
-                        outcome = ConsumeOutcome::QuotaExhausted { scope: name, quota: attempt.view_of(scope), rate };
+                        let quota =
+                            QuotaView { limit: standing.limit, used: standing.used, reset_at: standing.reset_at };
+                        outcome = ConsumeOutcome::QuotaExhausted { scope: name, quota, rate };
                         metrics::counter!("leaky_consume_total", "outcome" => "quota_rejected").increment(1);
                         metrics::counter!("leaky_quota_arbitrated_total").increment(1);
                         self.ledger.record(event(&req, facts.org_id, now, Outcome::QuotaRejected));

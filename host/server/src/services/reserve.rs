@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use leaky_engine::{Outcome as RateOutcome, Request};
 use leaky_store::events::Outcome;
-use leaky_store::ledger::{Debit, Scope, Standing};
+use leaky_store::ledger::{Debit, Standing};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -118,9 +118,12 @@ impl Attempt<'_> {
         let debit = Debit {
             entry_id: Uuid::now_v7(),
             user_id: req.user_id,
-            org: org.map(|((id, _), q)| (*id, q.period_start)),
+            // The org goes with the debit even when this process knows no quota of it: the
+            // database charges the org's quota if it has one now.
+            org: self.org_id.map(|id| (id, org.map_or(0, |(_, q)| q.period_start))),
             provider: req.provider.clone(),
             tokens: req.tokens,
+            cost: self.cost,
             user_period_start: acct.quota.period_start,
             user_limit: acct.quota.limit,
             request_id: req.request_id.clone(),
@@ -138,14 +141,6 @@ impl Attempt<'_> {
         }
         if let (Some((_, cell)), Some(s)) = (self.org, org) {
             lock(cell).adopt(s.limit, s.used, s.period_start);
-        }
-    }
-
-    /// The current view of the user's quota, or the org's.
-    pub fn view_of(&self, scope: Scope) -> QuotaView {
-        match (scope, self.org) {
-            (Scope::Org, Some((_, cell))) => view(&lock(cell)),
-            _ => view(&lock(self.account).quota),
         }
     }
 

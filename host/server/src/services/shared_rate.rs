@@ -8,6 +8,7 @@
 //! until the store is back) or fails open on a local limiter holding a share of the limit.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use leaky_engine::{Outcome as RateOutcome, Verdict};
 use leaky_store::rate_state::{RateKey, RateStateError, SharedRateState, StoredRate};
@@ -32,6 +33,14 @@ pub struct SharedRate {
     store: Arc<dyn SharedRateState>,
     fail_open: bool,
     stripes: Box<[tokio::sync::Mutex<()>]>,
+}
+
+/// How long to wait after losing the compare-and-set in `round` (from 0): up to 100 us times
+/// the round, jittered so two replicas that collided do not collide again.
+fn backoff(round: usize) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let ceiling = 100 * (u64::try_from(round).unwrap_or(0) + 1);
+    Duration::from_micros(u64::from(nanos) % ceiling)
 }
 
 fn key(user: Uuid, provider: &str) -> RateKey {
@@ -104,6 +113,9 @@ impl SharedRate {
                 Ok(false) => {
                     attempt.release(Periods::of(debit), None, false);
                     metrics::counter!("leaky_rate_state_conflicts_total").increment(1);
+                    // Another replica wrote between the read and the write: let it pass
+                    // before reading again, or a busy replica could win every round.
+                    tokio::time::sleep(backoff(round)).await;
                 }
                 Err(err) => {
                     attempt.release(Periods::of(debit), None, false);
