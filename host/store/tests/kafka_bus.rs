@@ -1,7 +1,7 @@
 //! The Kafka bus and the analytics consumer group against a real Kafka-protocol broker:
 //! delivery with event-id and traceparent headers, deduplication of a replayed topic, and the
-//! outbox relay cancelled again and again mid-publish without losing or double-counting an event
-//! (from a SQLite ledger and from a PostgreSQL one).
+//! outbox relay cut off again and again mid-publish during 1,000 purchases without losing or
+//! double-counting an event (from a SQLite ledger and from a PostgreSQL one).
 //!
 //! The broker is `LEAKY_TEST_KAFKA_BROKERS` (default `127.0.0.1:9092`; `cargo xtask test` starts
 //! one when nothing answers). Without a broker the tests fail, unless `LEAKY_TEST_KAFKA=absent`
@@ -19,7 +19,7 @@ use leaky_store::analytics::{AnalyticsSink, SqlAnalytics};
 use leaky_store::bus::EventBus;
 use leaky_store::events::{Event, Outcome};
 use leaky_store::kafka::{KafkaBus, KafkaConfig, spawn_analytics_consumer, traceparent};
-use leaky_store::{Database, outbox};
+use leaky_store::{Database, outbox, purchases};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use uuid::Uuid;
@@ -116,45 +116,58 @@ async fn events_reach_analytics_once_with_their_headers_even_when_the_topic_is_r
     assert_eq!(header("traceparent").unwrap(), traceparent(&payload).into_bytes());
 }
 
-on_both_databases!(a_relay_cancelled_again_and_again_delivers_every_committed_event_exactly_once_to_analytics);
+on_both_databases!(the_relay_cut_off_again_and_again_during_1000_purchases_delivers_each_event_once);
 
-/// On the ledger database of `t` (SQLite, then PostgreSQL).
-async fn a_relay_cancelled_again_and_again_delivers_every_committed_event_exactly_once_to_analytics(t: &TestDb) {
+/// 1,000 purchases run their sagas (each credit writes its event to the outbox) while the relay
+/// is cut off mid-publish again and again; on the ledger database of `t` (SQLite, then
+/// PostgreSQL).
+async fn the_relay_cut_off_again_and_again_during_1000_purchases_delivers_each_event_once(t: &TestDb) {
     let Some(config) = config() else { return };
     let db = &t.db;
-    let user = Uuid::now_v7();
-    for n in 0..1000u64 {
-        let e = event(user, n + 1);
-        sqlx::query("INSERT INTO outbox (event_id, topic, key, payload, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(e.id.to_string())
-            .bind(e.topic())
-            .bind(e.user_id.to_string())
-            .bind(serde_json::to_string(&e).unwrap())
-            .bind(e.occurred_at)
-            .execute(db.pool())
-            .await
-            .unwrap();
-    }
+    let buyers: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = db.pool().clone();
+            tokio::spawn(async move {
+                let user = Uuid::now_v7();
+                for _ in 0..250 {
+                    let id = Uuid::now_v7();
+                    purchases::create(&pool, id, user, "openai", 10).await.unwrap();
+                    purchases::capture_payment(&pool, id, 10).await.unwrap();
+                    let purchase = purchases::get(&pool, id).await.unwrap().unwrap();
+                    purchases::credit_quota(&pool, &purchase, None, 1000).await.unwrap();
+                    purchases::finish_saga(&pool, id, "COMPLETED", "tokens credited").await.unwrap();
+                }
+            })
+        })
+        .collect();
     let bus = KafkaBus::connect(config.clone()).await.unwrap();
-    // The relay is cut off after 1, 2, 3 ... ms, mid-publish, until it gets through.
-    let mut cancelled = 0;
-    let mut deadline_ms = 1;
-    while outbox::pending(db.pool()).await.unwrap() > 0 {
-        match tokio::time::timeout(Duration::from_millis(deadline_ms), outbox::relay_once(db, &bus)).await {
+    // While purchases run, the relay is cut off after 1 to 20 ms, mid-publish; once they are
+    // done, after ever longer, until it gets through.
+    let (mut cancelled, mut round) = (0, 0u64);
+    loop {
+        let buying = buyers.iter().any(|b| !b.is_finished());
+        if !buying && outbox::pending(db.pool()).await.unwrap() == 0 {
+            break;
+        }
+        round += 1;
+        let deadline = if buying { 1 + round % 20 } else { round };
+        match tokio::time::timeout(Duration::from_millis(deadline), outbox::relay_once(db, &bus)).await {
             Err(_) => cancelled += 1,
             Ok(result) => {
                 result.unwrap();
             }
         }
-        deadline_ms += 1;
     }
-    eprintln!("the relay was cancelled {cancelled} times");
-    assert!(cancelled > 0, "the relay must have been cut off at least once");
+    for buyer in buyers {
+        buyer.await.unwrap();
+    }
+    eprintln!("the relay was cut off {cancelled} times");
+    assert!(cancelled > 10, "the relay must have been cut off again and again");
 
     let (_adir, analytics_db, sink) = analytics().await;
     let consumer = spawn_analytics_consumer(&config, &format!("g{}", Uuid::new_v4().simple()), sink).unwrap();
     wait_for_count(&analytics_db, 1000).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(recorded(&analytics_db).await, 1000, "every committed event, each once");
+    assert_eq!(recorded(&analytics_db).await, 1000, "every committed purchase event, each once");
     consumer.abort();
 }
