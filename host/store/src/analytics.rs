@@ -118,7 +118,7 @@ impl AnalyticsSink for SqlAnalytics {
             if events.is_empty() {
                 return Ok(());
             }
-            let mut tx = self.pool.begin().await?;
+            let mut tx = crate::database::begin(&self.pool).await?;
             for chunk in events.chunks(2000) {
                 let mut insert = Sql::new(
                     "INSERT INTO analytics_events (event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at) ",

@@ -138,6 +138,22 @@ async fn sqlite_pool(url: &str, mode: &'static str, connections: u32) -> Result<
     Ok(pool)
 }
 
+/// Begins a transaction on `pool` that a caller cancelled half-way cannot leave open.
+///
+/// sqlx's PostgreSQL `begin` sends `BEGIN` and, if its future is dropped before the answer
+/// arrives, returns the connection to the pool inside a transaction nobody will end: every later
+/// statement on that connection would be part of it, never committed. Run on a task of its
+/// own, the `begin` always finishes; a transaction whose caller is gone is then dropped the
+/// ordinary way, which rolls it back.
+pub async fn begin(pool: &Pool) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    let pool = pool.clone();
+    match tokio::spawn(async move { pool.begin().await }).await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(sqlx::Error::WorkerCrashed),
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

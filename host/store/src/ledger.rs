@@ -210,7 +210,7 @@ async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, 
             Write::Event(_) => None,
         })
         .collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::database::begin(pool).await?;
     let postgres = tx.backend_name() == POSTGRES;
     let mut rows =
         if debits.is_empty() { BTreeMap::new() } else { lock_quotas(&mut tx, &debits, postgres, now).await? };

@@ -33,5 +33,5 @@ pub mod schema;
 pub mod sql;
 pub mod users;
 
-pub use database::{Backend, Database, Pool, now_ms};
+pub use database::{Backend, Database, Pool, begin, now_ms};
 pub use error::StoreError;

@@ -32,7 +32,7 @@ pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, Stor
             Ok(events.len())
         }
         Backend::Postgres => {
-            let mut tx = db.pool().begin().await?;
+            let mut tx = crate::database::begin(db.pool()).await?;
             let mine: bool =
                 sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(RELAY_LOCK).fetch_one(&mut *tx).await?;
             if !mine {

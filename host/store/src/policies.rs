@@ -130,7 +130,7 @@ pub async fn component(pool: &Pool, name: &str, version: i64) -> Result<Option<V
 /// Stores a component as the next version of its module, or finds the version that already has
 /// these bytes. Returns the version and whether it was new. Changes nothing that is enforced.
 pub async fn add_version(pool: &Pool, new: NewVersion<'_>) -> Result<(VersionInfo, bool), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::database::begin(pool).await?;
     serialize(&mut tx).await?;
     let sql = format!("SELECT {VERSION_COLUMNS} FROM policy_versions v WHERE v.name = $1 AND v.sha256 = $2");
     if let Some(row) = sqlx::query(&sql).bind(new.name).bind(new.sha256).fetch_optional(&mut *tx).await? {
@@ -200,7 +200,7 @@ async fn active_of(conn: &mut sqlx::AnyConnection, name: &str) -> Result<Option<
 /// Makes `version` the active version of `name` (nothing happens when it already is).
 /// Returns the version that was active before.
 pub async fn activate(pool: &Pool, name: &str, version: i64) -> Result<Option<i64>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::database::begin(pool).await?;
     serialize(&mut tx).await?;
     let before = active_of(&mut tx, name).await?.map(|(_, v)| v);
     if before != Some(version) {
@@ -233,7 +233,7 @@ pub async fn rollback_target(pool: &Pool, name: &str) -> Result<Option<(i64, i64
 /// Undoes the latest activation of `name`: the version active before it is active again.
 /// Returns that version, or `None` (and changes nothing) when there is no earlier one.
 pub async fn rollback(pool: &Pool, name: &str) -> Result<Option<i64>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::database::begin(pool).await?;
     serialize(&mut tx).await?;
     let Some((seq, _)) = active_of(&mut tx, name).await? else { return Ok(None) };
     sqlx::query("UPDATE policy_activations SET rolled_back = 1 WHERE seq = $1").bind(seq).execute(&mut *tx).await?;
@@ -250,7 +250,7 @@ pub async fn generation(pool: &Pool) -> Result<i64, StoreError> {
 
 /// The generation, active versions and bindings, as of one read transaction.
 pub async fn state(pool: &Pool) -> Result<PolicyState, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::database::begin(pool).await?;
     let generation: i64 =
         sqlx::query_scalar("SELECT generation FROM policy_generation WHERE id = 1").fetch_one(&mut *tx).await?;
     let sql = format!(
@@ -308,7 +308,7 @@ async fn insert_binding(conn: &mut sqlx::AnyConnection, b: &Binding) -> Result<(
 
 /// Replaces every binding with `bindings`.
 pub async fn replace_bindings(pool: &Pool, bindings: &[Binding]) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::database::begin(pool).await?;
     serialize(&mut tx).await?;
     sqlx::query("DELETE FROM policy_bindings").execute(&mut *tx).await?;
     for b in bindings {
@@ -323,7 +323,7 @@ pub async fn replace_bindings(pool: &Pool, bindings: &[Binding]) -> Result<(), S
 /// `bindings` (which also override bindings made over the API for the same provider and kind),
 /// and its content hash is recorded.
 pub async fn import_manifest(pool: &Pool, source: &str, sha256: &str, bindings: &[Binding]) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::database::begin(pool).await?;
     serialize(&mut tx).await?;
     sqlx::query("DELETE FROM policy_bindings WHERE source = $1").bind(source).execute(&mut *tx).await?;
     for b in bindings {

@@ -238,7 +238,7 @@ async fn record_step(
 
 /// Step `capture_payment`: the embedded provider books the payment, once per purchase.
 pub async fn capture_payment(pool: &Pool, id: Uuid, tokens: i64) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::database::begin(pool).await?;
     sqlx::query(
         "INSERT INTO payments (id, purchase_id, tokens, status, created_at) VALUES ($1, $2, $3, 'CAPTURED', $4) \
          ON CONFLICT DO NOTHING",
@@ -256,7 +256,7 @@ pub async fn capture_payment(pool: &Pool, id: Uuid, tokens: i64) -> Result<(), S
 
 /// Compensation of `capture_payment`: refunds the payment.
 pub async fn refund_payment(pool: &Pool, id: Uuid, reason: &str) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::database::begin(pool).await?;
     sqlx::query("UPDATE payments SET status = 'REFUNDED' WHERE purchase_id = $1")
         .bind(id.to_string())
         .execute(&mut *tx)
@@ -276,7 +276,7 @@ pub async fn credit_quota(
     org_id: Option<Uuid>,
     base_limit: i64,
 ) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::database::begin(pool).await?;
     let now = now_ms();
     sqlx::query(
         "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) \
@@ -318,7 +318,7 @@ pub async fn credit_quota(
 
 /// Ends the saga: `COMPLETED` or `FAILED`, with a final step record.
 pub async fn finish_saga(pool: &Pool, id: Uuid, status: &str, detail: &str) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::database::begin(pool).await?;
     sqlx::query("UPDATE purchases SET status = $1, updated_at = $2 WHERE id = $3")
         .bind(status)
         .bind(now_ms())

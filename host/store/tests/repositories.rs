@@ -32,6 +32,7 @@ on_both_databases!(
     two_writers_never_spend_more_than_a_quota,
     the_relay_publishes_every_committed_event_in_order,
     the_sql_sink_counts_each_event_once,
+    a_cancelled_begin_leaves_no_transaction_open,
 );
 
 async fn user(db: &Database, name: &str) -> Uuid {
@@ -360,4 +361,30 @@ async fn the_sql_sink_counts_each_event_once(t: &TestDb) {
     assert_eq!(report.totals, Totals { tokens: 40, requests: 4, rate_limited: 1, quota_rejected: 0 });
     assert_eq!(report.series.len(), 1);
     assert_eq!(report.by_provider[0].tokens, 40);
+}
+
+/// Callers cancelled at every point of beginning a transaction (a client gone, a timeout) leave
+/// no connection of the pool inside a transaction: what is written afterwards is committed.
+async fn a_cancelled_begin_leaves_no_transaction_open(t: &TestDb) {
+    for i in 0..600 {
+        // Dropped after 0 to 1.2 ms: mid-acquire, mid-BEGIN or just after.
+        let begin = leaky_store::begin(t.db.pool());
+        let started = std::time::Instant::now();
+        let give_up = async {
+            while started.elapsed() < std::time::Duration::from_micros(i * 2) {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = begin => {}
+            () = give_up => {}
+        }
+    }
+    let other = Database::open(&t.url).await.unwrap();
+    for i in 0..64 {
+        let org = orgs::create(t.db.pool(), &format!("after-{i}")).await.unwrap();
+        assert!(orgs::by_id(other.readers(), org.id).await.unwrap().is_some(), "write {i} was not committed");
+    }
+    other.pool().close().await;
 }
