@@ -178,16 +178,18 @@ pub async fn get(pool: &Pool, id: Uuid) -> Result<Option<Purchase>, StoreError> 
     else {
         return Ok(None);
     };
-    let steps =
-        sqlx::query("SELECT step, status, detail FROM saga_steps WHERE purchase_id = $1 ORDER BY updated_at, step")
-            .bind(id.to_string())
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(SagaStep { step: r.try_get("step")?, status: r.try_get("status")?, detail: r.try_get("detail")? })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+    // In the saga's order (steps written in one millisecond have equal times).
+    let steps = sqlx::query(
+        "SELECT step, status, detail FROM saga_steps WHERE purchase_id = $1 ORDER BY \
+         CASE step WHEN 'capture_payment' THEN 1 WHEN 'credit_quota' THEN 2 WHEN 'complete' THEN 3 ELSE 4 END, \
+         updated_at, step",
+    )
+    .bind(id.to_string())
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| Ok(SagaStep { step: r.try_get("step")?, status: r.try_get("status")?, detail: r.try_get("detail")? }))
+    .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Some(Purchase {
         purchase_id: id,
         user_id: parse_uuid(&row.try_get::<String, _>("user_id")?)?,
