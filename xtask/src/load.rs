@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,11 +30,17 @@ pub struct Load {
     pub seconds: u64,
     pub port: u16,
     pub replicas: u16,
+    pub binary: Option<PathBuf>,
 }
 
 pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<()> {
-    run(cargo(root).args(["build", "--release", "--quiet", "--package", "leaky-server", "--bin", "leaky"]))?;
-    let leaky = target_dir.join("release/leaky");
+    let leaky = match &load.binary {
+        Some(binary) => binary.clone(),
+        None => {
+            run(cargo(root).args(["build", "--release", "--quiet", "--package", "leaky-server", "--bin", "leaky"]))?;
+            target_dir.join("release/leaky")
+        }
+    };
     let data = std::env::temp_dir().join(format!("leaky-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let shared_database = std::env::var("LEAKY_DATABASE__URL").is_ok_and(|url| url.starts_with("postgres"));

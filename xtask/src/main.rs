@@ -60,6 +60,9 @@ enum Task {
         /// shared database: `LEAKY_DATABASE__URL=postgres://...`).
         #[arg(long, default_value_t = 1)]
         replicas: u16,
+        /// Benchmark this `leaky` binary instead of building one (to compare builds).
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Build the guests, then run the criterion benchmarks of the engine.
     Bench {
@@ -82,10 +85,10 @@ fn main() -> Result<()> {
             services::ensure()?;
             test(&root, &args)
         }
-        Task::BenchHttp { users, connections, seconds, port, replicas } => {
+        Task::BenchHttp { users, connections, seconds, port, replicas, binary } => {
             guests::build(&root)?;
             let target = guests::target_dir(&root)?;
-            load::bench(&root, &target, &load::Load { users, connections, seconds, port, replicas })
+            load::bench(&root, &target, &load::Load { users, connections, seconds, port, replicas, binary })
         }
         Task::Bench { args } => {
             guests::build(&root)?;

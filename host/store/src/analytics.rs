@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::bus::BoxFuture;
 use crate::events::Event;
 use crate::sql::Sql;
-use crate::{Pool, StoreError};
+use crate::{Backend, Pool, StoreError};
 
 /// What a report covers.
 #[derive(Clone, Debug)]
@@ -88,17 +88,18 @@ pub trait AnalyticsSink: Send + Sync {
 pub struct SqlAnalytics {
     pool: Pool,
     readers: Pool,
+    backend: Backend,
 }
 
 impl SqlAnalytics {
     /// A sink on this database.
     pub fn new(db: &crate::Database) -> Self {
-        Self { pool: db.pool().clone(), readers: db.readers().clone() }
+        Self { pool: db.pool().clone(), readers: db.readers().clone(), backend: db.backend() }
     }
 }
 
-fn filtered<'q>(select: &str, q: &'q ReportQuery) -> Sql<'q> {
-    let mut b = Sql::new(select);
+fn filtered<'q>(backend: Backend, select: &str, q: &'q ReportQuery) -> Sql<'q> {
+    let mut b = Sql::new(backend, select);
     b.push(" FROM analytics_events WHERE occurred_at >= ").bind(q.from).push(" AND occurred_at < ").bind(q.to);
     if let Some(user) = q.user_id {
         b.push(" AND user_id = ").bind(user.to_string());
@@ -121,6 +122,7 @@ impl AnalyticsSink for SqlAnalytics {
             let mut tx = crate::database::begin(&self.pool).await?;
             for chunk in events.chunks(2000) {
                 let mut insert = Sql::new(
+                    self.backend,
                     "INSERT INTO analytics_events (event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at) ",
                 );
                 insert.values(chunk, |row, e| {
@@ -144,6 +146,7 @@ impl AnalyticsSink for SqlAnalytics {
     fn report<'a>(&'a self, q: &'a ReportQuery) -> BoxFuture<'a, Result<Report, StoreError>> {
         Box::pin(async move {
             let totals = filtered(
+                self.backend,
                 "SELECT CAST(COALESCE(SUM(CASE WHEN outcome = 'allowed' THEN tokens END), 0) AS BIGINT) AS tokens, \
                  CAST(COALESCE(SUM(CASE WHEN outcome = 'allowed' THEN 1 ELSE 0 END), 0) AS BIGINT) AS requests, \
                  CAST(COALESCE(SUM(CASE WHEN outcome = 'rate_limited' THEN 1 ELSE 0 END), 0) AS BIGINT) AS rate_limited, \
@@ -164,7 +167,7 @@ impl AnalyticsSink for SqlAnalytics {
             let select = format!(
                 "SELECT (occurred_at / {bucket}) * {bucket} AS start, CAST(SUM(tokens) AS BIGINT) AS tokens, COUNT(*) AS requests"
             );
-            let mut series = filtered(&select, q);
+            let mut series = filtered(self.backend, &select, q);
             series.push(" AND outcome = 'allowed' GROUP BY start ORDER BY start");
             let series = series
                 .fetch_all(&self.readers)
@@ -178,8 +181,11 @@ impl AnalyticsSink for SqlAnalytics {
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            let mut by_provider =
-                filtered("SELECT provider, CAST(SUM(tokens) AS BIGINT) AS tokens, COUNT(*) AS requests", q);
+            let mut by_provider = filtered(
+                self.backend,
+                "SELECT provider, CAST(SUM(tokens) AS BIGINT) AS tokens, COUNT(*) AS requests",
+                q,
+            );
             by_provider.push(" AND outcome = 'allowed' GROUP BY provider ORDER BY provider");
             let by_provider = by_provider
                 .fetch_all(&self.readers)

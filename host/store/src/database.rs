@@ -38,6 +38,13 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// The backend `conn` talks to.
+    pub fn of_connection(conn: &AnyConnection) -> Self {
+        if conn.backend_name() == "PostgreSQL" { Self::Postgres } else { Self::Sqlite }
+    }
+}
+
 /// How many connections a PostgreSQL pool keeps open at most.
 const POSTGRES_CONNECTIONS: u32 = 16;
 

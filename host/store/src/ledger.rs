@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::events::Event;
 use crate::quotas::Period;
 use crate::sql::Sql;
-use crate::{Pool, StoreError, now_ms};
+use crate::{Backend, Pool, StoreError, now_ms};
 
 /// Most writes in one transaction (bounded by SQLite's 32,766 bound parameters per statement).
 pub const MAX_BATCH: usize = 2048;
@@ -211,9 +211,9 @@ async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, 
         })
         .collect();
     let mut tx = crate::database::begin(pool).await?;
-    let postgres = tx.backend_name() == POSTGRES;
+    let backend = Backend::of_connection(&tx);
     let mut rows =
-        if debits.is_empty() { BTreeMap::new() } else { lock_quotas(&mut tx, &debits, postgres, now).await? };
+        if debits.is_empty() { BTreeMap::new() } else { lock_quotas(&mut tx, &debits, backend, now).await? };
 
     // Decide each debit against the stored counters, in the order they were queued.
     let mut granted = Vec::with_capacity(debits.len());
@@ -228,8 +228,10 @@ async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, 
     }
 
     if !granted.is_empty() {
-        let mut insert =
-            Sql::new("INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ");
+        let mut insert = Sql::new(
+            backend,
+            "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ",
+        );
         insert.values(&granted, |row, d| {
             row.bind(d.entry_id.to_string())
                 .bind("consume")
@@ -242,15 +244,27 @@ async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, 
         });
         insert.execute(&mut *tx).await?;
 
-        let mut update = Sql::new("UPDATE quotas SET used = v.column4, period_start = v.column5, updated_at = ");
-        update.bind(now).push(" FROM (");
+        // The rows exist (they are locked): an upsert that always takes its update branch finds
+        // each one through the primary key, on both databases (an UPDATE ... FROM a VALUES list
+        // lets SQLite scan the whole table).
+        let mut update = Sql::new(
+            backend,
+            "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
+        );
         update.values(touched.iter().filter_map(|k| rows.get_key_value(k)), |row, ((kind, id, provider), locked)| {
             let s = locked.standing;
-            row.bind(*kind).bind(id.to_string()).bind(provider.clone()).bind(s.used).bind(s.period_start);
+            row.bind(*kind)
+                .bind(id.to_string())
+                .bind(provider.clone())
+                .bind(s.limit)
+                .bind(s.used)
+                .bind(locked.period.as_str())
+                .bind(s.period_start)
+                .bind(now);
         });
         update.push(
-            ") AS v WHERE quotas.owner_type = v.column1 AND quotas.owner_id = v.column2 \
-             AND quotas.provider = v.column3",
+            " ON CONFLICT (owner_type, owner_id, provider) DO UPDATE SET used = excluded.used, \
+             period_start = excluded.period_start, updated_at = excluded.updated_at",
         );
         update.execute(&mut *tx).await?;
     }
@@ -279,16 +293,13 @@ async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, 
     Ok(answers)
 }
 
-/// The name sqlx gives the PostgreSQL backend.
-const POSTGRES: &str = "PostgreSQL";
-
 /// Creates the quota rows of users spending for the first time (with their default limits),
 /// then reads, and on PostgreSQL locks, every quota row the batch touches (the users' and their
 /// orgs'), in one order for all replicas (so two batches never wait for each other in a cycle).
 async fn lock_quotas(
     tx: &mut sqlx::AnyConnection,
     debits: &[&Debit],
-    postgres: bool,
+    backend: Backend,
     now: i64,
 ) -> Result<BTreeMap<QuotaKey, Locked>, StoreError> {
     let mut users: BTreeMap<(Uuid, &str), &Debit> = BTreeMap::new();
@@ -301,6 +312,7 @@ async fn lock_quotas(
         }
     }
     let mut create = Sql::new(
+        backend,
         "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
     );
     create.values(&users, |row, ((id, provider), d)| {
@@ -316,18 +328,21 @@ async fn lock_quotas(
     create.push(" ON CONFLICT (owner_type, owner_id, provider) DO NOTHING");
     create.execute(&mut *tx).await?;
 
+    // The wanted keys drive the join (SQLite keeps a CROSS JOIN's order), so each row is found
+    // through the primary key.
     let mut select = Sql::new(
-        "SELECT q.owner_type, q.owner_id, q.provider, q.quota_limit, q.used, q.period, q.period_start \
-         FROM quotas AS q JOIN (",
+        backend,
+        "SELECT q.owner_type, q.owner_id, q.provider, q.quota_limit, q.used, q.period, q.period_start FROM (",
     );
     select.values(&keys, |row, (kind, id, provider)| {
         row.bind(*kind).bind(id.to_string()).bind(provider.clone());
     });
     select.push(
-        ") AS w ON q.owner_type = w.column1 AND q.owner_id = w.column2 AND q.provider = w.column3 \
+        ") AS w CROSS JOIN quotas AS q \
+         WHERE q.owner_type = w.column1 AND q.owner_id = w.column2 AND q.provider = w.column3 \
          ORDER BY q.owner_type DESC, q.owner_id, q.provider",
     );
-    if postgres {
+    if backend == Backend::Postgres {
         select.push(" FOR UPDATE OF q");
     }
     let mut standings = BTreeMap::new();
@@ -412,10 +427,11 @@ async fn insert_events(conn: &mut sqlx::AnyConnection, events: &[&Event], now: i
         .iter()
         .map(|e| serde_json::to_string(e).map_err(|err| StoreError::Corrupt(err.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    if conn.backend_name() == POSTGRES {
+    let backend = Backend::of_connection(conn);
+    if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(&mut *conn).await?;
     }
-    let mut insert = Sql::new("INSERT INTO outbox (event_id, topic, key, payload, created_at) ");
+    let mut insert = Sql::new(backend, "INSERT INTO outbox (event_id, topic, key, payload, created_at) ");
     insert.values(events.iter().zip(payloads), |row, (e, payload)| {
         row.bind(e.id.to_string()).bind(e.topic()).bind(e.user_id.to_string()).bind(payload).bind(now);
     });

@@ -1,16 +1,18 @@
-//! A statement built at run time with `$N` placeholders, which both databases accept (sqlx's
-//! own `QueryBuilder` writes `?` for the `Any` driver, which PostgreSQL refuses).
+//! A statement built at run time, with the placeholders each database wants: `$N` for
+//! PostgreSQL (sqlx's own `QueryBuilder` writes `?` for the `Any` driver, which PostgreSQL
+//! refuses), plain `?` for SQLite (which finds a `$N` parameter by walking its list of names,
+//! so binding the thousands of arguments of a group commit that way takes quadratic time).
 
 use std::fmt::Write as _;
 
 use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
 use sqlx::{Any, Arguments, Encode, Type};
 
-use crate::StoreError;
+use crate::{Backend, StoreError};
 
 /// A statement and its arguments.
-#[derive(Default)]
 pub struct Sql<'q> {
+    backend: Backend,
     text: String,
     args: AnyArguments<'q>,
     count: usize,
@@ -18,9 +20,9 @@ pub struct Sql<'q> {
 }
 
 impl<'q> Sql<'q> {
-    /// A statement starting with `text`.
-    pub fn new(text: &str) -> Self {
-        Self { text: text.to_string(), ..Self::default() }
+    /// A statement for `backend`, starting with `text`.
+    pub fn new(backend: Backend, text: &str) -> Self {
+        Self { backend, text: text.to_string(), args: AnyArguments::default(), count: 0, error: None }
     }
 
     /// Appends SQL text.
@@ -35,7 +37,12 @@ impl<'q> Sql<'q> {
         T: 'q + Encode<'q, Any> + Type<Any>,
     {
         self.count += 1;
-        let _ = write!(self.text, "${}", self.count);
+        match self.backend {
+            Backend::Postgres => {
+                let _ = write!(self.text, "${}", self.count);
+            }
+            Backend::Sqlite => self.text.push('?'),
+        }
         if let Err(err) = self.args.add(value)
             && self.error.is_none()
         {
@@ -122,13 +129,22 @@ impl<'q> Tuple<'_, 'q> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn placeholders_are_numbered_across_pushes_and_tuples() {
-        let mut sql = Sql::new("INSERT INTO t (a, b) ");
+    fn statement(backend: Backend) -> String {
+        let mut sql = Sql::new(backend, "INSERT INTO t (a, b) ");
         sql.values([(1_i64, "x"), (2, "y")], |row, (a, b)| {
             row.bind(a).bind(b.to_string());
         });
         sql.push(" WHERE c = ").bind(3_i64);
-        assert_eq!(sql.text(), "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) WHERE c = $5");
+        sql.text().to_string()
+    }
+
+    #[test]
+    fn placeholders_are_numbered_across_pushes_and_tuples_for_postgres() {
+        assert_eq!(statement(Backend::Postgres), "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) WHERE c = $5");
+    }
+
+    #[test]
+    fn placeholders_are_plain_for_sqlite() {
+        assert_eq!(statement(Backend::Sqlite), "INSERT INTO t (a, b) VALUES (?, ?), (?, ?) WHERE c = ?");
     }
 }
