@@ -272,7 +272,8 @@ async fn two_replicas_enforce_one_quota_and_one_rate_limit() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    // An org quota set on one replica after the other has served the org's members binds both.
+    // An org quota set on one replica binds both at once, though the other still has the
+    // members cached as in no org.
     let (operator, _) = login(&client, &bases[0], "operator", "correct horse battery").await;
     let org: Value = client
         .post(format!("{}/api/v1/orgs", bases[0]))
@@ -285,9 +286,14 @@ async fn two_replicas_enforce_one_quota_and_one_rate_limit() {
         .await
         .unwrap();
     let org_id = org["orgId"].as_str().unwrap().to_string();
+    // The members spend first, so both replicas cache them as members of no org.
     let mut members = Vec::new();
     for n in 0..3 {
-        let member = register(&client, &bases[n % 2], &format!("member{n}")).await;
+        members.push(register(&client, &bases[n % 2], &format!("member{n}")).await);
+    }
+    let warm = hammer(&client, &bases, &members, "openai", 6, 6, far).await;
+    assert_eq!(warm.granted.load(Ordering::Relaxed), 6, "no org yet");
+    for member in &members {
         let r = client
             .post(format!("{}/api/v1/orgs/{org_id}/members", bases[0]))
             .bearer_auth(&operator)
@@ -296,11 +302,7 @@ async fn two_replicas_enforce_one_quota_and_one_rate_limit() {
             .await
             .unwrap();
         assert_eq!(r.status(), 204);
-        members.push(member);
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await; // past the replicas' cached user facts
-    let warm = hammer(&client, &bases, &members, "openai", 6, 6, far).await;
-    assert_eq!(warm.granted.load(Ordering::Relaxed), 6, "no org quota yet");
     let r = client
         .put(format!("{}/api/v1/quotas", bases[0]))
         .bearer_auth(&operator)

@@ -147,6 +147,9 @@ async fn sqlite_pool(url: &str, mode: &'static str, connections: u32) -> Result<
 
 /// Begins a transaction on `pool` that a caller cancelled half-way cannot leave open.
 ///
+/// On SQLite it is `BEGIN IMMEDIATE`: every transaction of ours writes, and one that started
+/// reading would find the database locked when it came to write after another writer.
+///
 /// sqlx's PostgreSQL `begin` sends `BEGIN` and, if its future is dropped before the answer
 /// arrives, returns the connection to the pool inside a transaction nobody will end: every later
 /// statement on that connection would be part of it, never committed. Run on a task of its
@@ -154,7 +157,13 @@ async fn sqlite_pool(url: &str, mode: &'static str, connections: u32) -> Result<
 /// ordinary way, which rolls it back.
 pub async fn begin(pool: &Pool) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
     let pool = pool.clone();
-    match tokio::spawn(async move { pool.begin().await }).await {
+    let begin = async move {
+        match Backend::of_url(pool.connect_options().database_url.as_str()) {
+            Ok(Backend::Sqlite) => pool.begin_with("BEGIN IMMEDIATE").await,
+            _ => pool.begin().await,
+        }
+    };
+    match tokio::spawn(begin).await {
         Ok(result) => result,
         Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
         Err(_) => Err(sqlx::Error::WorkerCrashed),

@@ -35,9 +35,9 @@ pub struct Debit {
     pub entry_id: Uuid,
     /// Who spends.
     pub user_id: Uuid,
-    /// The user's org, when the user is in one (its quota, if it has one, is charged too), with
-    /// the start of that quota's period as the deciding process saw it. The stored period
-    /// decides which period the tokens count in.
+    /// The user's org as the deciding process knew it, with the start of its quota's period
+    /// as that process saw it (to give a reservation back). The commit charges the org the
+    /// user is in as stored, in the stored period.
     pub org: Option<(Uuid, i64)>,
     /// The provider.
     pub provider: String,
@@ -199,7 +199,8 @@ struct Locked {
 
 /// Commits a batch in one transaction: makes sure every user has a quota row, locks the quota
 /// rows the batch touches, decides each debit against them in order, then writes the granted
-/// debits' ledger rows, the counters and the outbox events, one statement per table. The answer
+/// debits' ledger rows, the counters and the outbox events, a few multi-row statements per
+/// table ([`runs`]). The answer
 /// has one entry per write (`None` for an event).
 async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, StoreError> {
     let now = now_ms();
@@ -212,46 +213,53 @@ async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, 
         .collect();
     let mut tx = crate::database::begin(pool).await?;
     let backend = Backend::of_connection(&tx);
-    let mut rows =
-        if debits.is_empty() { BTreeMap::new() } else { lock_quotas(&mut tx, &debits, backend, now).await? };
+    let (mut rows, orgs) = if debits.is_empty() {
+        (BTreeMap::new(), BTreeMap::new())
+    } else {
+        lock_quotas(&mut tx, &debits, backend, now).await?
+    };
 
     // Decide each debit against the stored counters, in the order they were queued.
     let mut granted = Vec::with_capacity(debits.len());
     let mut decisions = Vec::with_capacity(debits.len());
     let mut touched = BTreeSet::new();
     for d in &debits {
-        let decision = decide(d, &mut rows, &mut touched)?;
+        let org = orgs.get(&d.user_id).copied().flatten();
+        let decision = decide(d, org, &mut rows, &mut touched)?;
         if matches!(decision, Committed::Spent { .. }) {
-            granted.push(*d);
+            granted.push((*d, org));
         }
         decisions.push(decision);
     }
 
-    if !granted.is_empty() {
+    for run in runs(backend, &granted) {
         let mut insert = Sql::new(
             backend,
             "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ",
         );
-        insert.values(&granted, |row, d| {
+        insert.values(run, |row, (d, org)| {
             row.bind(d.entry_id.to_string())
                 .bind("consume")
                 .bind(d.user_id.to_string())
-                .bind(d.org.map(|(id, _)| id.to_string()))
+                .bind(org.map(|id| id.to_string()))
                 .bind(d.provider.clone())
                 .bind(i64::try_from(d.tokens).unwrap_or(i64::MAX))
                 .bind(d.request_id.clone())
                 .bind(now);
         });
         insert.execute(&mut *tx).await?;
+    }
 
-        // The rows exist (they are locked): an upsert that always takes its update branch finds
-        // each one through the primary key, on both databases (an UPDATE ... FROM a VALUES list
-        // lets SQLite scan the whole table).
+    // The rows exist (they are locked): an upsert that always takes its update branch finds each
+    // one through the primary key, on both databases (an UPDATE ... FROM a VALUES list lets
+    // SQLite scan the whole table).
+    let changed: Vec<(&QuotaKey, &Locked)> = touched.iter().filter_map(|k| rows.get_key_value(k)).collect();
+    for run in runs(backend, &changed) {
         let mut update = Sql::new(
             backend,
             "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
         );
-        update.values(touched.iter().filter_map(|k| rows.get_key_value(k)), |row, ((kind, id, provider), locked)| {
+        update.values(run, |row, ((kind, id, provider), locked)| {
             let s = locked.standing;
             row.bind(*kind)
                 .bind(id.to_string())
@@ -293,29 +301,81 @@ async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, 
     Ok(answers)
 }
 
-/// Creates the quota rows of users spending for the first time (with their default limits),
-/// then reads, and on PostgreSQL locks, every quota row the batch touches (the users' and their
-/// orgs'), in one order for all replicas (so two batches never wait for each other in a cycle).
+/// Each spending user's org, as stored now.
+type Orgs = BTreeMap<Uuid, Option<Uuid>>;
+
+/// Reads each spending user's org as stored now (another replica may have just changed it; the
+/// org a debit carries is only what its process last knew), creates the quota rows of users
+/// spending for the first time (with their default limits), then reads, and on PostgreSQL
+/// locks, every quota row the batch touches (the users' and their orgs'), in one order for all
+/// replicas (so two batches never wait for each other in a cycle).
 async fn lock_quotas(
     tx: &mut sqlx::AnyConnection,
     debits: &[&Debit],
     backend: Backend,
     now: i64,
-) -> Result<BTreeMap<QuotaKey, Locked>, StoreError> {
+) -> Result<(BTreeMap<QuotaKey, Locked>, Orgs), StoreError> {
+    let ids: Vec<Uuid> = debits.iter().map(|d| d.user_id).collect::<BTreeSet<_>>().into_iter().collect();
+    let mut orgs = Orgs::new();
+    for run in runs(backend, &ids) {
+        read_orgs(tx, backend, run, &mut orgs).await?;
+    }
     let mut users: BTreeMap<(Uuid, &str), &Debit> = BTreeMap::new();
     let mut keys: BTreeSet<QuotaKey> = BTreeSet::new();
     for d in debits {
         users.entry((d.user_id, d.provider.as_str())).or_insert(d);
         keys.insert(("user", d.user_id, d.provider.clone()));
-        if let Some((org, _)) = d.org {
+        if let Some(org) = orgs.get(&d.user_id).copied().flatten() {
             keys.insert(("org", org, d.provider.clone()));
         }
     }
+    // One order for every replica's locks: users before orgs, then by id and provider, byte by
+    // byte (the order of the SELECT below, and of the rows a first spend creates).
+    let mut keys: Vec<QuotaKey> = keys.into_iter().collect();
+    keys.sort_by(|a, b| (a.0 != "user", a.1, &a.2).cmp(&(b.0 != "user", b.1, &b.2)));
+    let users: Vec<((Uuid, &str), &Debit)> = users.into_iter().collect();
+    for run in runs(backend, &users) {
+        create_user_rows(tx, backend, run, now).await?;
+    }
+    let mut standings = BTreeMap::new();
+    for run in runs(backend, &keys) {
+        lock_rows(tx, backend, run, now, &mut standings).await?;
+    }
+    Ok((standings, orgs))
+}
+
+/// Adds the stored org of each user of `ids` to `orgs`.
+async fn read_orgs(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    ids: &[Uuid],
+    orgs: &mut Orgs,
+) -> Result<(), StoreError> {
+    let mut select = Sql::new(backend, "SELECT u.id, u.org_id FROM (");
+    select.values(ids, |row, id| {
+        row.bind(id.to_string());
+    });
+    select.push(") AS w CROSS JOIN users AS u WHERE u.id = w.column1");
+    for row in select.fetch_all(&mut *tx).await? {
+        let id = crate::users::parse_uuid(&row.try_get::<String, _>("id")?)?;
+        let org = row.try_get::<Option<String>, _>("org_id")?.as_deref().map(crate::users::parse_uuid).transpose()?;
+        orgs.insert(id, org);
+    }
+    Ok(())
+}
+
+/// Creates the quota rows of users spending for the first time, with their default limits.
+async fn create_user_rows(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    users: &[((Uuid, &str), &Debit)],
+    now: i64,
+) -> Result<(), StoreError> {
     let mut create = Sql::new(
         backend,
         "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
     );
-    create.values(&users, |row, ((id, provider), d)| {
+    create.values(users, |row, ((id, provider), d)| {
         row.bind("user")
             .bind(id.to_string())
             .bind(provider.to_string())
@@ -327,25 +387,33 @@ async fn lock_quotas(
     });
     create.push(" ON CONFLICT (owner_type, owner_id, provider) DO NOTHING");
     create.execute(&mut *tx).await?;
+    Ok(())
+}
 
+/// Reads, and on PostgreSQL locks in `keys`' order, the quota rows of `keys`.
+async fn lock_rows(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    keys: &[QuotaKey],
+    now: i64,
+    standings: &mut BTreeMap<QuotaKey, Locked>,
+) -> Result<(), StoreError> {
     // The wanted keys drive the join (SQLite keeps a CROSS JOIN's order), so each row is found
     // through the primary key.
     let mut select = Sql::new(
         backend,
         "SELECT q.owner_type, q.owner_id, q.provider, q.quota_limit, q.used, q.period, q.period_start FROM (",
     );
-    select.values(&keys, |row, (kind, id, provider)| {
+    select.values(keys, |row, (kind, id, provider)| {
         row.bind(*kind).bind(id.to_string()).bind(provider.clone());
     });
     select.push(
         ") AS w CROSS JOIN quotas AS q \
-         WHERE q.owner_type = w.column1 AND q.owner_id = w.column2 AND q.provider = w.column3 \
-         ORDER BY q.owner_type DESC, q.owner_id, q.provider",
+         WHERE q.owner_type = w.column1 AND q.owner_id = w.column2 AND q.provider = w.column3",
     );
     if backend == Backend::Postgres {
-        select.push(" FOR UPDATE OF q");
+        select.push(" ORDER BY q.owner_type DESC, q.owner_id COLLATE \"C\", q.provider COLLATE \"C\" FOR UPDATE OF q");
     }
-    let mut standings = BTreeMap::new();
     for row in select.fetch_all(&mut *tx).await? {
         let kind = match row.try_get::<String, _>("owner_type")?.as_str() {
             "user" => "user",
@@ -363,13 +431,14 @@ async fn lock_quotas(
         let locked = Locked { standing, period, current_start: period.start(now) };
         standings.insert((kind, id, row.try_get("provider")?), locked);
     }
-    Ok(standings)
+    Ok(())
 }
 
-/// Decides one debit against the locked rows, applying it to them when it fits. The stored
-/// period decides: a row whose period has ended starts again from zero first.
+/// Decides one debit of a user in `org` against the locked rows, applying it to them when it
+/// fits. The stored period decides: a row whose period has ended starts again from zero first.
 fn decide(
     d: &Debit,
+    org: Option<Uuid>,
     rows: &mut BTreeMap<QuotaKey, Locked>,
     touched: &mut BTreeSet<QuotaKey>,
 ) -> Result<Committed, StoreError> {
@@ -379,7 +448,7 @@ fn decide(
     if user.used + tokens > user.limit {
         return Ok(Committed::Refused { scope: Scope::User, standing: user });
     }
-    let org_key: Option<QuotaKey> = d.org.map(|(id, _)| ("org", id, d.provider.clone()));
+    let org_key: Option<QuotaKey> = org.map(|id| ("org", id, d.provider.clone()));
     let org = match org_key.as_ref().and_then(|key| rows.get(key)) {
         Some(locked) => {
             let org = rolled(locked);
@@ -403,6 +472,33 @@ fn decide(
     Ok(Committed::Spent { user, org })
 }
 
+/// Row counts of the multi-row statements on PostgreSQL. A batch is written in runs of these
+/// lengths, so each statement's text is one of a few that the connection keeps prepared (a
+/// text of its own per batch size would be parsed and planned every time). SQLite writes a batch
+/// in one statement.
+const RUNS: [usize; 5] = [128, 32, 8, 2, 1];
+
+/// `items` in runs: all of them on SQLite; on PostgreSQL in runs of the [`RUNS`] lengths, in
+/// order.
+fn runs<T>(backend: Backend, items: &[T]) -> Vec<&[T]> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    if backend == Backend::Sqlite {
+        return vec![items];
+    }
+    let mut out = Vec::new();
+    let mut rest = items;
+    for length in RUNS {
+        while rest.len() >= length {
+            let (run, tail) = rest.split_at(length);
+            out.push(run);
+            rest = tail;
+        }
+    }
+    out
+}
+
 /// A locked row's standing in the period current at the commit.
 fn rolled(locked: &Locked) -> Standing {
     let mut standing = locked.standing;
@@ -418,24 +514,26 @@ fn rolled(locked: &Locked) -> Standing {
 /// outbox rows become visible in `seq` order (the relay never passes a row still uncommitted).
 const OUTBOX_LOCK: i64 = 0x6c65_616b_7902;
 
-/// Writes events to the outbox in one statement, in the caller's transaction.
+/// Writes events to the outbox (in [`runs`]), in the caller's transaction.
 async fn insert_events(conn: &mut sqlx::AnyConnection, events: &[&Event], now: i64) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
     }
-    let payloads = events
+    let rows = events
         .iter()
-        .map(|e| serde_json::to_string(e).map_err(|err| StoreError::Corrupt(err.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|e| Ok((*e, serde_json::to_string(e).map_err(|err| StoreError::Corrupt(err.to_string()))?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let backend = Backend::of_connection(conn);
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(&mut *conn).await?;
     }
-    let mut insert = Sql::new(backend, "INSERT INTO outbox (event_id, topic, key, payload, created_at) ");
-    insert.values(events.iter().zip(payloads), |row, (e, payload)| {
-        row.bind(e.id.to_string()).bind(e.topic()).bind(e.user_id.to_string()).bind(payload).bind(now);
-    });
-    insert.execute(conn).await?;
+    for run in runs(backend, &rows) {
+        let mut insert = Sql::new(backend, "INSERT INTO outbox (event_id, topic, key, payload, created_at) ");
+        insert.values(run, |row, (e, payload)| {
+            row.bind(e.id.to_string()).bind(e.topic()).bind(e.user_id.to_string()).bind(payload.clone()).bind(now);
+        });
+        insert.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -460,4 +558,19 @@ pub async fn consumed(pool: &Pool, user_id: Uuid, provider: &str) -> Result<i64,
     .fetch_one(pool)
     .await?;
     Ok(total.unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_writes_a_batch_in_runs_of_a_few_lengths_sqlite_in_one() {
+        let items: Vec<u32> = (0..300).collect();
+        let postgres = runs(Backend::Postgres, &items);
+        assert_eq!(postgres.iter().map(|r| r.len()).collect::<Vec<_>>(), [128, 128, 32, 8, 2, 2]);
+        assert_eq!(postgres.concat(), items, "in order, nothing lost");
+        assert_eq!(runs(Backend::Sqlite, &items), vec![&items[..]]);
+        assert!(runs::<u32>(Backend::Postgres, &[]).is_empty());
+    }
 }

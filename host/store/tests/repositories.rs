@@ -268,6 +268,9 @@ async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
     let org = orgs::create(t.db.pool(), "shared").await.unwrap().id;
     quotas::put(t.db.pool(), OwnerType::Org, org, "openai", 300, Period::None).await.unwrap();
     let members = vec![user(&t.db, "m1").await, user(&t.db, "m2").await, user(&t.db, "m3").await];
+    for member in &members {
+        users::set_org(t.db.pool(), *member, org).await.unwrap();
+    }
     let outcomes = run(members, Some(org), 10_000, 10).await;
     let spent = outcomes.iter().filter(|o| matches!(o, Committed::Spent { .. })).count();
     assert_eq!(spent, 300, "exactly the org quota is granted");

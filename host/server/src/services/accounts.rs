@@ -57,8 +57,10 @@ pub fn state_for(state: Option<&RateState>, strategy: &str) -> Option<Words> {
     state.filter(|s| &*s.strategy == strategy).map(|s| s.words)
 }
 
-/// How long facts about a user are trusted when other replicas may change them.
-pub const SHARED_FACTS_TTL: Duration = Duration::from_secs(1);
+/// How long facts about a user are trusted when other replicas may change them. Quotas do not
+/// depend on it (the ledger's commit charges the org the user is in as stored); a membership
+/// changed on another replica reaches this one's refusals and usage events within it.
+pub const SHARED_FACTS_TTL: Duration = Duration::from_secs(30);
 
 /// A shared, lockable account.
 pub type AccountCell = Arc<Mutex<Account>>;
