@@ -18,6 +18,14 @@ fn leaky(data: &std::path::Path, args: &[&str], stdin: &str) -> std::process::Ou
     child.wait_with_output().expect("exit")
 }
 
+/// The workspace's built policies.
+fn policies_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../../policies")
+}
+
 #[tokio::test]
 async fn admins_are_created_from_stdin_and_from_the_environment() {
     let data = tempfile::tempdir().expect("tempdir");
@@ -49,13 +57,7 @@ async fn admins_are_created_from_stdin_and_from_the_environment() {
         .args(["serve", "--config", "/nonexistent.toml"])
         .env("LEAKY_DATA_DIR", data.path())
         .env("LEAKY_SERVER__ADDR", format!("127.0.0.1:{port}"))
-        .env(
-            "LEAKY_POLICIES__DIR",
-            std::path::PathBuf::from(
-                std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-            )
-            .join("../../policies"),
-        )
+        .env("LEAKY_POLICIES__DIR", policies_dir())
         .env("LEAKY_BOOTSTRAP_ADMIN", "boot:boot-password")
         .env("LEAKY_LOG", "warn")
         .stdout(Stdio::null())
@@ -141,13 +143,7 @@ async fn migrate_prepares_a_postgres_database_that_serve_then_runs_on() {
         .env("LEAKY_DATABASE__URL", &url)
         .env("LEAKY_DATABASE__MIGRATE_ON_START", "false")
         .env("LEAKY_SERVER__ADDR", format!("127.0.0.1:{port}"))
-        .env(
-            "LEAKY_POLICIES__DIR",
-            std::path::PathBuf::from(
-                std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-            )
-            .join("../../policies"),
-        )
+        .env("LEAKY_POLICIES__DIR", policies_dir())
         .env("LEAKY_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()

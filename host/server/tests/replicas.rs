@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -127,6 +128,17 @@ async fn register(client: &reqwest::Client, base: &str, username: &str) -> (Stri
         .unwrap();
     assert_eq!(r.status(), 201);
     login(client, base, username, "correct horse").await
+}
+
+/// Sends `body` as JSON to `url` with `method`, as the holder of `token`.
+async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Value,
+) -> reqwest::Response {
+    client.request(method, url).bearer_auth(token).json(&body).send().await.unwrap()
 }
 
 /// Tallies of answers.
@@ -275,16 +287,9 @@ async fn two_replicas_enforce_one_quota_and_one_rate_limit() {
     // An org quota set on one replica binds both at once, though the other still has the
     // members cached as in no org.
     let (operator, _) = login(&client, &bases[0], "operator", "correct horse battery").await;
-    let org: Value = client
-        .post(format!("{}/api/v1/orgs", bases[0]))
-        .bearer_auth(&operator)
-        .json(&json!({ "name": "shared" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let org_url = format!("{}/api/v1/orgs", bases[0]);
+    let org: Value =
+        send(&client, Method::POST, org_url, &operator, json!({ "name": "shared" })).await.json().await.unwrap();
     let org_id = org["orgId"].as_str().unwrap().to_string();
     // The members spend first, so both replicas cache them as members of no org.
     let mut members = Vec::new();
@@ -294,22 +299,12 @@ async fn two_replicas_enforce_one_quota_and_one_rate_limit() {
     let warm = hammer(&client, &bases, &members, "openai", 6, 6, far).await;
     assert_eq!(warm.granted.load(Ordering::Relaxed), 6, "no org yet");
     for member in &members {
-        let r = client
-            .post(format!("{}/api/v1/orgs/{org_id}/members", bases[0]))
-            .bearer_auth(&operator)
-            .json(&json!({ "userId": member.1 }))
-            .send()
-            .await
-            .unwrap();
+        let url = format!("{}/api/v1/orgs/{org_id}/members", bases[0]);
+        let r = send(&client, Method::POST, url, &operator, json!({ "userId": member.1 })).await;
         assert_eq!(r.status(), 204);
     }
-    let r = client
-        .put(format!("{}/api/v1/quotas", bases[0]))
-        .bearer_auth(&operator)
-        .json(&json!({ "ownerType": "org", "ownerId": org_id, "provider": "openai", "limit": 300, "period": "none" }))
-        .send()
-        .await
-        .unwrap();
+    let quota = json!({ "ownerType": "org", "ownerId": org_id, "provider": "openai", "limit": 300, "period": "none" });
+    let r = send(&client, Method::PUT, format!("{}/api/v1/quotas", bases[0]), &operator, quota).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let tally = hammer(&client, &bases, &members, "openai", 48, 900, far).await;
     println!(
@@ -322,13 +317,7 @@ async fn two_replicas_enforce_one_quota_and_one_rate_limit() {
     // A rate limit of 100 tokens per second, bound on one replica, holds across both.
     let binding = json!([{ "provider": "metered", "module": "token-bucket",
         "params": { "capacity": 100, "refill_rate_per_second": 100 } }]);
-    let r = client
-        .put(format!("{}/api/v1/policies/bindings", bases[0]))
-        .bearer_auth(&operator)
-        .json(&binding)
-        .send()
-        .await
-        .unwrap();
+    let r = send(&client, Method::PUT, format!("{}/api/v1/policies/bindings", bases[0]), &operator, binding).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let metered = register(&client, &bases[1], "metered").await;
     let deadline = Instant::now() + Duration::from_secs(10);
