@@ -128,8 +128,12 @@ impl EventBus for KafkaBus {
     }
 }
 
-/// Runs the analytics consumer group `group` until the task is dropped: each event is recorded
-/// by `sink`, then its offset is stored.
+/// Most messages the analytics consumer records in one write to the sink.
+const CONSUMED_PER_WRITE: usize = 500;
+
+/// Runs the analytics consumer group `group` until the task is dropped: the events that have
+/// arrived are recorded by `sink` together (up to [`CONSUMED_PER_WRITE`]), then their offsets
+/// are stored.
 pub fn spawn_analytics_consumer(
     config: &KafkaConfig,
     group: &str,
@@ -151,7 +155,7 @@ pub fn spawn_analytics_consumer(
     consumer.subscribe(&names).map_err(|e| bus_error("subscribing", e))?;
     Ok(tokio::spawn(async move {
         loop {
-            let message = match consumer.recv().await {
+            let first = match consumer.recv().await {
                 Ok(message) => message,
                 Err(err) => {
                     tracing::warn!(error = %err, "analytics consumer: receive failed; retrying");
@@ -159,34 +163,45 @@ pub fn spawn_analytics_consumer(
                     continue;
                 }
             };
-            let event = message.payload().map(serde_json::from_slice::<Event>);
-            match event {
-                Some(Ok(event)) => {
-                    // Recorded before its offset is stored: a crash in between replays it, and
-                    // the sink's deduplication makes the replay change nothing.
-                    while let Err(err) = sink.record(std::slice::from_ref(&event)).await {
-                        tracing::warn!(error = %err, "analytics consumer: recording failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    metrics::counter!("leaky_analytics_consumed_total").increment(1);
-                }
-                _ => {
-                    let event_id = message
-                        .headers()
-                        .and_then(|h| h.iter().find(|h| h.key == "event-id"))
-                        .and_then(|h| h.value)
-                        .map(String::from_utf8_lossy);
-                    tracing::error!(
-                        topic = message.topic(),
-                        offset = message.offset(),
-                        ?event_id,
-                        "analytics consumer: skipping a message that is not an event"
-                    );
-                    metrics::counter!("leaky_analytics_skipped_total").increment(1);
+            // Whatever else has already arrived goes into the same write to the sink.
+            let mut messages = vec![first];
+            while messages.len() < CONSUMED_PER_WRITE {
+                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                    Ok(Ok(message)) => messages.push(message),
+                    _ => break,
                 }
             }
-            if let Err(err) = consumer.store_offset_from_message(&message) {
-                tracing::warn!(error = %err, "analytics consumer: cannot store the offset");
+            let mut events = Vec::with_capacity(messages.len());
+            for message in &messages {
+                match message.payload().map(serde_json::from_slice::<Event>) {
+                    Some(Ok(event)) => events.push(event),
+                    _ => {
+                        let event_id = message
+                            .headers()
+                            .and_then(|h| h.iter().find(|h| h.key == "event-id"))
+                            .and_then(|h| h.value)
+                            .map(String::from_utf8_lossy);
+                        tracing::error!(
+                            topic = message.topic(),
+                            offset = message.offset(),
+                            ?event_id,
+                            "analytics consumer: skipping a message that is not an event"
+                        );
+                        metrics::counter!("leaky_analytics_skipped_total").increment(1);
+                    }
+                }
+            }
+            // Recorded before their offsets are stored: a crash in between replays them, and the
+            // sink's deduplication makes the replay change nothing.
+            while let Err(err) = sink.record(&events).await {
+                tracing::warn!(error = %err, "analytics consumer: recording failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            metrics::counter!("leaky_analytics_consumed_total").increment(events.len() as u64);
+            for message in &messages {
+                if let Err(err) = consumer.store_offset_from_message(message) {
+                    tracing::warn!(error = %err, "analytics consumer: cannot store the offset");
+                }
             }
         }
     }))
