@@ -1,7 +1,7 @@
 //! Making admins: `leaky admin create` and `LEAKY_BOOTSTRAP_ADMIN=user:password` at start.
 
 use leaky_store::Pool;
-use leaky_store::users;
+use leaky_store::{StoreError, users};
 
 use crate::auth::hash_password;
 use crate::routes::validate;
@@ -13,17 +13,26 @@ pub async fn create_admin(pool: &Pool, username: &str, password: &str) -> anyhow
     validate::username(username).map_err(|e| anyhow::anyhow!("{e}"))?;
     validate::password(password).map_err(|e| anyhow::anyhow!("{e}"))?;
     let hash = hash_password(password.to_string()).await?;
-    if let Some(user) = users::by_username(pool, username).await? {
-        let mut roles = user.roles.clone();
-        if !roles.iter().any(|r| r == "admin") {
-            roles.push("admin".into());
+    // Replicas starting together each bootstrap the same admin: one creates it, the others find
+    // it taken and make the existing user an admin instead.
+    for _ in 0..2 {
+        if let Some(user) = users::by_username(pool, username).await? {
+            let mut roles = user.roles.clone();
+            if !roles.iter().any(|r| r == "admin") {
+                roles.push("admin".into());
+            }
+            users::set_roles(pool, user.id, &roles).await?;
+            users::set_password(pool, user.id, &hash).await?;
+            return Ok(user.id);
         }
-        users::set_roles(pool, user.id, &roles).await?;
-        users::set_password(pool, user.id, &hash).await?;
-        return Ok(user.id);
+        let email = format!("{username}@admin.invalid");
+        match users::create(pool, username, &email, &hash, &["user", "admin"]).await {
+            Ok(user) => return Ok(user.id),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(err) => return Err(err.into()),
+        }
     }
-    let email = format!("{username}@admin.invalid");
-    Ok(users::create(pool, username, &email, &hash, &["user", "admin"]).await?.id)
+    anyhow::bail!("cannot create the admin {username}: {username}@admin.invalid is another user's email")
 }
 
 /// Honours `LEAKY_BOOTSTRAP_ADMIN=user:password`.

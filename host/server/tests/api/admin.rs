@@ -107,3 +107,21 @@ async fn orgs_members_quotas_and_roles() {
     assert_eq!(bad_role.status(), 400);
     assert_eq!(TestApp::error_code(bad_role).await, "invalid_request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_bootstrapping_one_admin_at_once_all_start() {
+    let app = spawn_app().await;
+    let attempts: Vec<_> = (0..8)
+        .map(|_| {
+            let pool = app.pool.clone();
+            tokio::spawn(async move {
+                leaky_server::bootstrap::create_admin(&pool, "bootstrap", "bootstrap password").await
+            })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for attempt in attempts {
+        ids.insert(attempt.await.unwrap().expect("every replica starts"));
+    }
+    assert_eq!(ids.len(), 1, "one admin");
+}
