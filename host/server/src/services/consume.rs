@@ -157,7 +157,12 @@ impl ConsumeService {
                 let periods = Periods::of(&debit);
                 match self.ledger.debit(debit).await {
                     Ok(Committed::Spent { user, org }) => {
-                        attempt.adopt(Some(user), org);
+                        // Only other processes can have moved a shared database's counters; on an
+                        // embedded one the book is the authority, and a standing read before a
+                        // purchase committed would only lower its limit again.
+                        if self.accounts.is_shared() {
+                            attempt.adopt(Some(user), org);
+                        }
                         metrics::counter!("leaky_consume_total", "outcome" => "allowed").increment(1);
                         metrics::counter!("leaky_tokens_consumed_total", "provider" => req.provider.clone())
                             .increment(req.tokens);
