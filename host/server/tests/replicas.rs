@@ -106,16 +106,14 @@ impl Replica {
     }
 }
 
+/// The JSON body answered to `request`.
+async fn body(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 async fn login(client: &reqwest::Client, base: &str, username: &str, password: &str) -> (String, String) {
-    let body: Value = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({ "username": username, "password": password }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let credentials = json!({ "username": username, "password": password });
+    let body = body(client.post(format!("{base}/api/v1/auth/login")).json(&credentials)).await;
     (body["accessToken"].as_str().unwrap().to_string(), body["userId"].as_str().unwrap().to_string())
 }
 
@@ -330,15 +328,7 @@ async fn two_replicas_enforce_one_quota_and_one_rate_limit() {
     let metered = register(&client, &bases[1], "metered").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status: Value = client
-            .get(format!("{}/api/v1/tokens/status?provider=metered", bases[1]))
-            .bearer_auth(&metered.0)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = body(client.get(format!("{}/api/v1/tokens/status?provider=metered", bases[1]))).await;
         let policies = status["policies"].as_array().cloned().unwrap_or_default();
         if policies.iter().any(|p| p["provider"] == "metered" && p["module"].as_str().unwrap_or("") == "token-bucket") {
             break;

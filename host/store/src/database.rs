@@ -36,9 +36,7 @@ impl Backend {
             ))),
         }
     }
-}
 
-impl Backend {
     /// The backend `conn` talks to.
     pub fn of_connection(conn: &AnyConnection) -> Self {
         if conn.backend_name() == "PostgreSQL" { Self::Postgres } else { Self::Sqlite }

@@ -25,6 +25,9 @@ use crate::{Backend, Pool, StoreError, now_ms};
 
 /// Most writes in one transaction.
 pub const MAX_BATCH: usize = 2048;
+/// Most rows in one multi-row statement: at 8 columns a row, well inside both databases' limits
+/// on bound parameters (SQLite 32,766, PostgreSQL 65,535) whatever the batch.
+const MAX_ROWS: usize = 1000;
 /// Writes queued before senders wait.
 const QUEUE: usize = 65_536;
 
@@ -161,19 +164,21 @@ async fn run(pool: Pool, mut receiver: mpsc::Receiver<Write>, committed: Arc<Not
             }
         }
         metrics::histogram!("leaky_ledger_commit_seconds").record(started.elapsed().as_secs_f64());
-        if let Err(err) = &result {
-            tracing::error!(error = %err, writes = batch.len(), "ledger batch failed; every debit in it is refused");
-        }
-        let mut answers = match result {
-            Ok(answers) => answers.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(err) => vec![Err(err.to_string()); batch.len()],
-        }
-        .into_iter();
-        for write in batch.drain(..) {
-            let answer = answers.next().unwrap_or_else(|| Err("no answer".into()));
-            if let Write::Debit(_, done) = write {
-                let answer = answer.and_then(|a| a.ok_or_else(|| "no answer".to_string()));
-                let _ = done.send(answer.map_err(StoreError::CommitFailed));
+        match result {
+            Ok(answers) => {
+                for (write, answer) in batch.drain(..).zip(answers) {
+                    if let (Write::Debit(_, done), Some(committed)) = (write, answer) {
+                        let _ = done.send(Ok(committed));
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, writes = batch.len(), "ledger batch failed; every debit in it is refused");
+                for write in batch.drain(..) {
+                    if let Write::Debit(_, done) = write {
+                        let _ = done.send(Err(StoreError::CommitFailed(err.to_string())));
+                    }
+                }
             }
         }
         committed.notify_waiters();
@@ -200,8 +205,8 @@ struct Locked {
 /// Commits a batch in one transaction: makes sure every user has a quota row, locks the quota
 /// rows the batch touches, decides each debit against them in order, then writes the granted
 /// debits' ledger rows, the counters and the outbox events, one multi-row statement per
-/// table (up to [`MAX_ROWS`] rows each). The answer
-/// has one entry per write (`None` for an event).
+/// table (up to [`MAX_ROWS`] rows each). The answer has one entry per write (`None` for an
+/// event).
 async fn commit(pool: &Pool, batch: &[Write]) -> Result<Vec<Option<Committed>>, StoreError> {
     let now = now_ms();
     let debits: Vec<&Debit> = batch
@@ -471,10 +476,6 @@ fn decide(
     let org = org.zip(org_key).map(|(standing, key)| spend(key, standing));
     Ok(Committed::Spent { user, org })
 }
-
-/// Most rows in one multi-row statement: at 8 columns a row, well inside both databases' limits
-/// on bound parameters (SQLite 32,766, PostgreSQL 65,535) whatever the batch.
-const MAX_ROWS: usize = 1000;
 
 /// A locked row's standing in the period current at the commit.
 fn rolled(locked: &Locked) -> Standing {
