@@ -8,7 +8,7 @@ use leaky_engine::{EngineConfig, PolicyEngine};
 use leaky_store::Database;
 use leaky_store::analytics::{AnalyticsSink, SqlAnalytics};
 use leaky_store::bus::{EventBus, InProcessBus};
-use leaky_store::ledger::LedgerWriter;
+use leaky_store::ledger::{Arbiter, LedgerWriter};
 use leaky_store::schema::Schema;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -22,7 +22,7 @@ use crate::services::policies::{BoundPolicy, load_module};
 use crate::services::saga::Sagas;
 use crate::services::shared_rate::SharedRate;
 use crate::settings::{AnalyticsBackend, KafkaSettings, RedisSettings, Settings, WhenUnavailable};
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 use leaky_store::cassandra::CassandraAnalytics;
 use leaky_store::kafka::{KafkaBus, KafkaConfig};
 use leaky_store::rate_state::breaker::CircuitBreaker;
@@ -54,7 +54,10 @@ impl Application {
         let logins = LoginLimiter::new(login_policy(&engine, &settings)?);
 
         let committed = Arc::new(Notify::new());
-        let ledger = LedgerWriter::spawn(db.pool().clone(), Arc::clone(&committed));
+        // On a database replicas share, the database decides quotas; on this process's own,
+        // its account book does.
+        let arbiter = if db.is_shared() { Arbiter::Database } else { Arbiter::Caller };
+        let ledger = LedgerWriter::spawn(db.pool().clone(), arbiter, Arc::clone(&committed));
         let analytics = analytics_sink(&settings, &db).await?;
         let bus = event_bus(&settings.kafka, &analytics).await?;
         leaky_store::outbox::spawn_relay(db.clone(), bus, committed);
@@ -72,7 +75,7 @@ impl Application {
             settings.auth.jwt_ttl_seconds,
         );
 
-        let state = AppState {
+        let state = AppState::new(Shared {
             settings: Arc::new(settings),
             api_keys: Arc::new(ApiKeys::new(db.pool().clone())),
             db,
@@ -86,7 +89,7 @@ impl Application {
             analytics,
             metrics: crate::telemetry::metrics_handle(),
             dummy_hash: Arc::new(hash_password("not a real password".into()).await?),
-        };
+        });
         let resumed = sagas.resume_pending().await.map_err(|e| anyhow::anyhow!("resuming purchases: {e}"))?;
         if resumed > 0 {
             tracing::info!(resumed, "finished purchases left pending by the previous run");

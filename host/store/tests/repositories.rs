@@ -14,7 +14,7 @@ use common::TestDb;
 use leaky_store::analytics::{AnalyticsSink, ReportQuery, SqlAnalytics, Totals};
 use leaky_store::bus::{BoxFuture, EventBus};
 use leaky_store::events::{Event, Outcome};
-use leaky_store::ledger::{Committed, Debit, LedgerWriter, Scope};
+use leaky_store::ledger::{Arbiter, Committed, Debit, LedgerWriter, Scope};
 use leaky_store::policies::{self, Binding, NewVersion};
 use leaky_store::purchases::{self, Claim};
 use leaky_store::quotas::{self, OwnerType, Period};
@@ -30,6 +30,7 @@ on_both_databases!(
     policy_versions_activations_and_bindings,
     replicas_importing_one_component_at_once_make_one_version,
     two_writers_never_spend_more_than_a_quota,
+    a_sole_writer_adds_up_what_its_book_decided,
     the_relay_publishes_every_committed_event_in_order,
     the_sql_sink_counts_each_event_once,
     a_cancelled_begin_leaves_no_transaction_open,
@@ -194,7 +195,7 @@ fn debit(user: Uuid, org: Option<Uuid>, limit: i64) -> Debit {
     Debit {
         entry_id: Uuid::now_v7(),
         user_id: user,
-        org: org.map(|id| (id, 0)),
+        org: org.map(|id| (id, None)),
         provider: "openai".into(),
         tokens: 1,
         cost: 1,
@@ -216,7 +217,7 @@ fn debit(user: Uuid, org: Option<Uuid>, limit: i64) -> Debit {
 
 /// Commits `n` one-token debits of `user` through one writer.
 async fn debit_all(db: &Database, user: Uuid, org: Option<Uuid>, n: usize) {
-    let writer = LedgerWriter::spawn(db.pool().clone(), Arc::new(Notify::new()));
+    let writer = LedgerWriter::spawn(db.pool().clone(), Arbiter::Database, Arc::new(Notify::new()));
     for _ in 0..n {
         assert!(matches!(writer.debit(debit(user, org, 1_000_000)).await.unwrap(), Committed::Spent { .. }));
     }
@@ -227,8 +228,8 @@ async fn debit_all(db: &Database, user: Uuid, org: Option<Uuid>, n: usize) {
 async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
     let second = Database::open(&t.url).await.unwrap();
     let writers = [
-        LedgerWriter::spawn(t.db.pool().clone(), Arc::new(Notify::new())),
-        LedgerWriter::spawn(second.pool().clone(), Arc::new(Notify::new())),
+        LedgerWriter::spawn(t.db.pool().clone(), Arbiter::Database, Arc::new(Notify::new())),
+        LedgerWriter::spawn(second.pool().clone(), Arbiter::Database, Arc::new(Notify::new())),
     ];
     let owner = user(&t.db, "spender").await;
     let run = |users: Vec<Uuid>, org: Option<Uuid>, limit: i64, per_task: usize| {
@@ -259,6 +260,7 @@ async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
     assert!(outcomes.iter().all(|o| match o {
         Committed::Spent { user, .. } => user.used <= 500,
         Committed::Refused { scope, standing } => *scope == Scope::User && standing.used == 500,
+        Committed::Recorded => false,
     }));
     let stored = quotas::get(t.db.pool(), OwnerType::User, owner, "openai").await.unwrap().unwrap();
     assert_eq!((stored.limit, stored.used), (500, 500));
@@ -278,6 +280,62 @@ async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
     let stored = quotas::get(t.db.pool(), OwnerType::Org, org, "openai").await.unwrap().unwrap();
     assert_eq!(stored.used, 300);
     second.pool().close().await;
+}
+
+/// A writer whose process is the database's only one (`Arbiter::Caller`) adds what 16 tasks
+/// debit to the stored counters without reading them: a first spender's row is created with
+/// its limit, an org quota its process charged counts too, one it did not is left alone (and
+/// none is created), a later period starts the count again and an earlier one no longer counts.
+async fn a_sole_writer_adds_up_what_its_book_decided(t: &TestDb) {
+    let writer = LedgerWriter::spawn(t.db.pool().clone(), Arbiter::Caller, Arc::new(Notify::new()));
+    let org = orgs::create(t.db.pool(), "tallied").await.unwrap().id;
+    let day =
+        quotas::put(t.db.pool(), OwnerType::Org, org, "openai", 10_000, Period::Daily).await.unwrap().period_start;
+    let uncharged = orgs::create(t.db.pool(), "no quota").await.unwrap().id;
+    let (member, loner) = (user(&t.db, "member").await, user(&t.db, "loner").await);
+    let charged = |user: Uuid, org: Option<(Uuid, Option<i64>)>| {
+        let mut d = debit(user, org.map(|(id, _)| id), 1_000);
+        d.org = org;
+        d
+    };
+    let tasks: Vec<_> = (0..16)
+        .map(|task| {
+            let writer = writer.clone();
+            let d = if task % 2 == 0 {
+                charged(member, Some((org, Some(day))))
+            } else {
+                charged(loner, Some((uncharged, None)))
+            };
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    let d = Debit { entry_id: Uuid::now_v7(), ..d.clone() };
+                    assert_eq!(writer.debit(d).await.unwrap(), Committed::Recorded);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let used = |owner, id| async move {
+        quotas::get(t.db.pool(), owner, id, "openai").await.unwrap().map(|q| (q.limit, q.used))
+    };
+    assert_eq!(used(OwnerType::User, member).await, Some((1_000, 200)), "a first spend creates the row");
+    assert_eq!(used(OwnerType::User, loner).await, Some((1_000, 200)));
+    assert_eq!(used(OwnerType::Org, org).await, Some((10_000, 200)));
+    assert_eq!(used(OwnerType::Org, uncharged).await, None, "no org quota is created");
+    assert_eq!(leaky_store::ledger::consumed(t.db.pool(), member, "openai").await.unwrap(), 200);
+    assert_eq!(outbox::pending(t.db.pool()).await.unwrap(), 400, "one event per debit");
+
+    let next_day = day + 24 * 3600 * 1000;
+    let mut late = charged(member, Some((org, Some(next_day))));
+    late.cost = 7;
+    writer.debit(late).await.unwrap();
+    let stored = quotas::get(t.db.pool(), OwnerType::Org, org, "openai").await.unwrap().unwrap();
+    assert_eq!((stored.used, stored.period_start), (7, next_day), "a new period starts the count again");
+    writer.debit(charged(member, Some((org, Some(day))))).await.unwrap();
+    assert_eq!(used(OwnerType::Org, org).await, Some((10_000, 7)), "a debit of a period gone by no longer counts");
+    assert_eq!(used(OwnerType::User, member).await, Some((1_000, 208)));
 }
 
 /// Remembers what it was given.
@@ -310,8 +368,8 @@ async fn the_relay_publishes_every_committed_event_in_order(t: &TestDb) {
             })
         })
         .collect();
-    let writers =
-        [t.db.pool().clone(), second.pool().clone()].map(|pool| LedgerWriter::spawn(pool, Arc::new(Notify::new())));
+    let writers = [t.db.pool().clone(), second.pool().clone()]
+        .map(|pool| LedgerWriter::spawn(pool, Arbiter::Database, Arc::new(Notify::new())));
     let mut committed = Vec::new();
     let tasks: Vec<_> = (0..16)
         .map(|task| {

@@ -156,11 +156,10 @@ impl ConsumeService {
             Some(debit) => {
                 let periods = Periods::of(&debit);
                 match self.ledger.debit(debit).await {
-                    Ok(Committed::Spent { user, org }) => {
+                    Ok(committed @ (Committed::Spent { .. } | Committed::Recorded)) => {
                         // Only other processes can have moved a shared database's counters; on an
-                        // embedded one the book is the authority, and a standing read before a
-                        // purchase committed would only lower its limit again.
-                        if self.accounts.is_shared() {
+                        // embedded one the book is the authority, and the commit only tallies.
+                        if let Committed::Spent { user, org } = committed {
                             attempt.adopt(Some(user), org);
                         }
                         metrics::counter!("leaky_consume_total", "outcome" => "allowed").increment(1);

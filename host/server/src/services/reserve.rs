@@ -60,7 +60,7 @@ pub struct Periods {
 impl Periods {
     /// The periods of `debit`.
     pub fn of(debit: &Debit) -> Self {
-        Self { user: debit.user_period_start, org: debit.org.map(|(_, start)| start) }
+        Self { user: debit.user_period_start, org: debit.org.and_then(|(_, start)| start) }
     }
 }
 
@@ -120,7 +120,7 @@ impl Attempt<'_> {
             user_id: req.user_id,
             // The org goes with the debit even when this process knows no quota of it: the
             // database charges the org's quota if it has one now.
-            org: self.org_id.map(|id| (id, org.map_or(0, |(_, q)| q.period_start))),
+            org: self.org_id.map(|id| (id, org.map(|(_, q)| q.period_start))),
             provider: req.provider.clone(),
             tokens: req.tokens,
             cost: self.cost,

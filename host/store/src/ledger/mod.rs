@@ -1,0 +1,326 @@
+//! The ledger writer: group commit of debits and their events.
+//!
+//! A durable transaction costs an fsync, a few milliseconds; one per request would cap the
+//! service at a few hundred requests per second. Instead every request hands its debit to one
+//! writer task, which commits whatever has queued up (up to [`MAX_BATCH`]) in one transaction:
+//! the ledger rows, the quota updates and the outbox events together. Each caller is answered
+//! only after the transaction holding its debit committed, so an answered consume is never
+//! lost, and a failed transaction fails every debit in it (the caller then undoes its
+//! in-memory reservation).
+//!
+//! Who decides whether a debit fits its quotas is the writer's [`Arbiter`]: on a database that
+//! replicas share, the transaction checks each debit against the stored quota counters (rows
+//! locked on PostgreSQL), so replicas each deciding from their own view never spend more than a
+//! quota holds together ([`Committed::Refused`], [`arbitrate`]); on a database only this process
+//! writes, its account book already decided and the transaction adds the debits to the counters
+//! without reading them ([`tally`]).
+
+mod arbitrate;
+mod tally;
+
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::events::Event;
+use crate::sql::Sql;
+use crate::{Backend, Pool, StoreError, now_ms};
+
+/// Most writes in one transaction.
+pub const MAX_BATCH: usize = 2048;
+/// Most rows in one multi-row statement: at 8 columns a row, well inside both databases' limits
+/// on bound parameters (SQLite 32,766, PostgreSQL 65,535) whatever the batch.
+const MAX_ROWS: usize = 1000;
+/// Writes queued before senders wait.
+const QUEUE: usize = 65_536;
+
+/// One spend of tokens against a user's quota and, when the user is in one, an org's.
+#[derive(Clone, Debug)]
+pub struct Debit {
+    /// Unique id of the ledger entry.
+    pub entry_id: Uuid,
+    /// Who spends.
+    pub user_id: Uuid,
+    /// The user's org as the deciding process knew it, with the start of the period of the org
+    /// quota that process charged (`None`: it knows no quota of the org). The database
+    /// [`Arbiter`] charges the org the user is in as stored, in the stored period, instead.
+    pub org: Option<(Uuid, Option<i64>)>,
+    /// The provider.
+    pub provider: String,
+    /// Tokens consumed (the ledger row's).
+    pub tokens: u64,
+    /// What they cost against the quotas (the tokens, or a quota rule's price).
+    pub cost: i64,
+    /// Start of the user's quota period as the deciding process saw it (stored as the period
+    /// start of a quota row the debit creates).
+    pub user_period_start: i64,
+    /// The user's limit, stored if the user's quota has no row yet (first spend on defaults).
+    pub user_limit: i64,
+    /// The caller's request id, if it gave one.
+    pub request_id: Option<String>,
+    /// The usage event written with it.
+    pub event: Event,
+}
+
+/// A quota's standing as the database holds it after a commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// The limit of the period.
+    pub limit: i64,
+    /// Spent in the period.
+    pub used: i64,
+    /// Start of the period.
+    pub period_start: i64,
+    /// When the period ends, if it ever does.
+    pub reset_at: Option<i64>,
+}
+
+/// Which quota refused a debit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The user's own.
+    User,
+    /// The user's org's.
+    Org,
+}
+
+/// What the database made of a debit. Replicas sharing a database each keep their own view of
+/// the quotas; the commit checks every debit against the stored counters (the rows locked), so
+/// together they never spend more than a quota holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// Spent; the user's quota (and the org's) as stored after the commit.
+    Spent {
+        /// The user's quota.
+        user: Standing,
+        /// The org's, when the debit charged one.
+        org: Option<Standing>,
+    },
+    /// Written as the caller decided it ([`Arbiter::Caller`]): the counters were added to, not
+    /// read.
+    Recorded,
+    /// Refused: the `scope` quota, as stored, had too little left. Nothing was written.
+    Refused {
+        /// The quota that refused.
+        scope: Scope,
+        /// Its standing.
+        standing: Standing,
+    },
+}
+
+enum Write {
+    Debit(Debit, oneshot::Sender<Result<Committed, StoreError>>),
+    Event(Event),
+}
+
+/// Who decides whether a debit fits its quotas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arbiter {
+    /// The database: each debit is checked against the stored counters, locked. For a database
+    /// that replicas share, whose counters other processes move too.
+    Database,
+    /// The caller: this process is the database's only writer and its account book decided
+    /// each debit already; the commit adds the debits to the counters without reading them.
+    Caller,
+}
+
+/// Hands writes to the writer task. Cheap to clone.
+#[derive(Clone)]
+pub struct LedgerWriter {
+    queue: mpsc::Sender<Write>,
+}
+
+impl LedgerWriter {
+    /// Starts the writer task, deciding quotas as `arbiter` says. `committed` is notified after
+    /// every commit (the outbox relay waits on it).
+    pub fn spawn(pool: Pool, arbiter: Arbiter, committed: Arc<Notify>) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        crate::runtime::spawn(run(pool, arbiter, receiver, committed));
+        Self { queue }
+    }
+
+    /// Commits a debit, unless a stored quota refuses it; returns once the answer is durable.
+    pub async fn debit(&self, debit: Debit) -> Result<Committed, StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.queue.send(Write::Debit(debit, done)).await.map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Queues an event with no state change (a refusal, for analytics); nobody waits for it.
+    pub fn record(&self, event: Event) {
+        if self.queue.try_send(Write::Event(event)).is_err() {
+            metrics::counter!("leaky_events_dropped_total").increment(1);
+        }
+    }
+}
+
+/// Times a batch is tried again after the database broke a lock cycle or a serialization
+/// conflict (PostgreSQL, replicas committing at once).
+const RETRIES: usize = 3;
+
+async fn run(pool: Pool, arbiter: Arbiter, mut receiver: mpsc::Receiver<Write>, committed: Arc<Notify>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = receiver.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("leaky_ledger_batch_size").record(batch.len() as f64);
+        let started = std::time::Instant::now();
+        let mut result = commit(&pool, arbiter, &batch).await;
+        for _ in 0..RETRIES {
+            match &result {
+                Err(StoreError::Database(err)) if is_transient(err) => {
+                    metrics::counter!("leaky_ledger_retries_total").increment(1);
+                    result = commit(&pool, arbiter, &batch).await;
+                }
+                _ => break,
+            }
+        }
+        metrics::histogram!("leaky_ledger_commit_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(answers) => {
+                for (write, answer) in batch.drain(..).zip(answers) {
+                    if let (Write::Debit(_, done), Some(committed)) = (write, answer) {
+                        let _ = done.send(Ok(committed));
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, writes = batch.len(), "ledger batch failed; every debit in it is refused");
+                for write in batch.drain(..) {
+                    if let Write::Debit(_, done) = write {
+                        let _ = done.send(Err(StoreError::CommitFailed(err.to_string())));
+                    }
+                }
+            }
+        }
+        committed.notify_waiters();
+    }
+}
+
+/// A PostgreSQL deadlock or serialization failure: the same batch may well commit when tried
+/// again.
+fn is_transient(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
+/// Commits a batch in one transaction: decides the debits (as `arbiter` says) and writes the
+/// granted debits' ledger rows, the counters and the outbox events, one multi-row statement per
+/// table (up to [`MAX_ROWS`] rows each). The answer has one entry per write (`None` for an
+/// event).
+async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Vec<Option<Committed>>, StoreError> {
+    let now = now_ms();
+    let debits: Vec<&Debit> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Debit(d, _) => Some(d),
+            Write::Event(_) => None,
+        })
+        .collect();
+    let mut tx = crate::database::begin(pool).await?;
+    let backend = Backend::of_connection(&tx);
+    let (granted, decisions) = match arbiter {
+        _ if debits.is_empty() => (Vec::new(), Vec::new()),
+        Arbiter::Database => arbitrate::arbitrate(&mut tx, &debits, backend, now).await?,
+        Arbiter::Caller => {
+            tally::tally(&mut tx, &debits, backend, now).await?;
+            let granted = debits.iter().map(|d| (*d, d.org.map(|(id, _)| id))).collect();
+            (granted, vec![Committed::Recorded; debits.len()])
+        }
+    };
+
+    for run in granted.chunks(MAX_ROWS) {
+        let mut insert = Sql::new(
+            backend,
+            "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ",
+        );
+        insert.values(run, |row, (d, org)| {
+            row.bind(d.entry_id.to_string())
+                .bind("consume")
+                .bind(d.user_id.to_string())
+                .bind(org.map(|id| id.to_string()))
+                .bind(d.provider.clone())
+                .bind(i64::try_from(d.tokens).unwrap_or(i64::MAX))
+                .bind(d.request_id.clone())
+                .bind(now);
+        });
+        insert.execute(&mut *tx).await?;
+    }
+
+    let mut events = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut decisions = decisions.into_iter();
+    for write in batch {
+        match write {
+            Write::Debit(d, _) => {
+                let decision =
+                    decisions.next().ok_or_else(|| StoreError::Corrupt("a debit lost its decision".into()))?;
+                if !matches!(decision, Committed::Refused { .. }) {
+                    events.push(&d.event);
+                }
+                answers.push(Some(decision));
+            }
+            Write::Event(e) => {
+                events.push(e);
+                answers.push(None);
+            }
+        }
+    }
+    insert_events(&mut tx, &events, now).await?;
+    tx.commit().await?;
+    Ok(answers)
+}
+
+/// The PostgreSQL advisory lock held from a transaction's first outbox row to its commit, so
+/// outbox rows become visible in `seq` order (the relay never passes a row still uncommitted).
+const OUTBOX_LOCK: i64 = 0x6c65_616b_7902;
+
+/// Writes events to the outbox, in the caller's transaction.
+async fn insert_events(conn: &mut sqlx::AnyConnection, events: &[&Event], now: i64) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows = events
+        .iter()
+        .map(|e| Ok((*e, serde_json::to_string(e).map_err(|err| StoreError::Corrupt(err.to_string()))?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let backend = Backend::of_connection(conn);
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(&mut *conn).await?;
+    }
+    for run in rows.chunks(MAX_ROWS) {
+        let mut insert = Sql::new(backend, "INSERT INTO outbox (event_id, topic, key, payload, created_at) ");
+        insert.values(run, |row, (e, payload)| {
+            row.bind(e.id.to_string()).bind(e.topic()).bind(e.user_id.to_string()).bind(payload.clone()).bind(now);
+        });
+        insert.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Writes an event to the outbox, in the caller's transaction.
+pub(crate) async fn insert_event(conn: &mut sqlx::AnyConnection, event: &Event) -> Result<(), StoreError> {
+    insert_events(conn, &[event], now_ms()).await
+}
+
+/// Whether a ledger entry exists for this request id (for audits and crash tests).
+pub async fn has_request(pool: &Pool, request_id: &str) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT 1 FROM ledger WHERE request_id = $1").bind(request_id).fetch_optional(pool).await?;
+    Ok(row.is_some())
+}
+
+/// Total tokens debited by consumes of a user for a provider.
+pub async fn consumed(pool: &Pool, user_id: Uuid, provider: &str) -> Result<i64, StoreError> {
+    let total: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(tokens) AS BIGINT) FROM ledger WHERE kind = 'consume' AND user_id = $1 AND provider = $2",
+    )
+    .bind(user_id.to_string())
+    .bind(provider)
+    .fetch_one(pool)
+    .await?;
+    Ok(total.unwrap_or(0))
+}
