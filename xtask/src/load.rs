@@ -218,12 +218,12 @@ async fn exchange(
     body: &str,
 ) -> Result<(u16, String)> {
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+    // One write per request, as HTTP clients send it: head and body in one segment.
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    stream.write_all(request.as_bytes()).await?;
     buf.clear();
     let mut chunk = [0u8; 4096];
     loop {
