@@ -116,7 +116,16 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>) -> Result<()
     let login: serde_json::Value = serde_json::from_str(&body)?;
     let token = login["accessToken"].as_str().context("no token")?.to_string();
 
-    let users = Arc::new(users);
+    // Every request is built before the clock starts: one per user, sent as it is.
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        users
+            .iter()
+            .map(|user| {
+                let body = format!(r#"{{"userId":"{user}","provider":"openai","tokens":1}}"#);
+                http_request("POST", "/api/v1/tokens/consume", Some(&token), &body)
+            })
+            .collect(),
+    );
     let warm_up = Duration::from_secs(2);
     let measure = Duration::from_secs(load.seconds);
     println!(
@@ -130,10 +139,8 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>) -> Result<()
     let start = Instant::now();
     let tasks: Vec<_> = (0..load.connections)
         .map(|c| {
-            let (addr, token, users) = (addrs[c % addrs.len()].clone(), token.clone(), Arc::clone(&users));
-            tokio::spawn(
-                async move { worker(&addr, &token, &users, c, start + warm_up, start + warm_up + measure).await },
-            )
+            let (addr, requests) = (addrs[c % addrs.len()].clone(), Arc::clone(&requests));
+            tokio::spawn(async move { worker(&addr, &requests, c, start + warm_up, start + warm_up + measure).await })
         })
         .collect();
     let mut latencies = Vec::new();
@@ -172,14 +179,7 @@ fn ms(micros: u32) -> f64 {
 
 type Stats = (Vec<u32>, BTreeMap<u16, u64>);
 
-async fn worker(
-    addr: &str,
-    token: &str,
-    users: &[String],
-    first: usize,
-    from: Instant,
-    until: Instant,
-) -> Result<Stats> {
+async fn worker(addr: &str, requests: &[Vec<u8>], first: usize, from: Instant, until: Instant) -> Result<Stats> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(8192);
@@ -190,10 +190,11 @@ async fn worker(
         if now >= until {
             break;
         }
-        let user = &users[i % users.len()];
+        let request = &requests[i % requests.len()];
         i += 7919; // a prime stride spreads connections over the users
-        let body = format!(r#"{{"userId":"{user}","provider":"openai","tokens":1}}"#);
-        let status = exchange(&mut stream, &mut buf, "POST", "/api/v1/tokens/consume", Some(token), &body).await?.0;
+        stream.write_all(request).await?;
+        let (status, length) = read_response(&mut stream, &mut buf).await?;
+        buf.drain(..length);
         if now >= from {
             latencies.push(u32::try_from(now.elapsed().as_micros()).unwrap_or(u32::MAX));
             *statuses.entry(status).or_insert(0) += 1;
@@ -202,50 +203,53 @@ async fn worker(
     Ok((latencies, statuses))
 }
 
+/// A whole HTTP/1.1 request, head and body, sent in one write as HTTP clients send it.
+fn http_request(method: &str, path: &str, token: Option<&str>, body: &str) -> Vec<u8> {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 async fn request(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).await?;
     let mut buf = Vec::new();
-    exchange(&mut stream, &mut buf, method, path, token, body).await
+    stream.write_all(&http_request(method, path, token, body)).await?;
+    let (status, length) = read_response(&mut stream, &mut buf).await?;
+    let head = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |end| end + 4);
+    Ok((status, String::from_utf8_lossy(&buf[head..length]).into_owned()))
 }
 
-/// One keep-alive HTTP/1.1 request and its response (`Content-Length` bodies only).
-async fn exchange(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> Result<(u16, String)> {
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    // One write per request, as HTTP clients send it: head and body in one segment.
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    buf.clear();
+/// Reads one keep-alive HTTP/1.1 response (`Content-Length` bodies only) into `buf`; returns
+/// its status and its length in `buf`. It parses only what it needs, without allocating: the
+/// load generator shares the machine with the server and should take as little as it can.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, usize)> {
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let headers = std::str::from_utf8(&buf[..end])?.to_ascii_lowercase();
-            let status: u16 = headers.get(9..12).context("no status")?.parse()?;
-            let length: usize = headers
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse())
+            let head = &buf[..end];
+            let status: u16 = std::str::from_utf8(head.get(9..12).context("no status")?)?.parse()?;
+            let length = head
+                .split(|&b| b == b'\n')
+                .find_map(|line| {
+                    let name = line.get(..15)?;
+                    name.eq_ignore_ascii_case(b"content-length:").then(|| &line[15..])
+                })
+                .map(|value| std::str::from_utf8(value).map(|v| v.trim().parse::<usize>()))
+                .transpose()?
                 .transpose()?
                 .unwrap_or(0);
-            while buf.len() < end + 4 + length {
+            let total = end + 4 + length;
+            while buf.len() < total {
                 let n = stream.read(&mut chunk).await?;
                 if n == 0 {
                     bail!("connection closed mid-response");
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
-            let text = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
-            buf.drain(..end + 4 + length);
-            return Ok((status, text));
+            return Ok((status, total));
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
