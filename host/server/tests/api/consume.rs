@@ -142,6 +142,12 @@ async fn two_thousand_concurrent_consumes_against_a_thousand_token_quota() {
     let quota: Value = app.get("/api/v1/tokens/quota?provider=openai", Some(&user.token)).await.json().await.unwrap();
     assert_eq!(quota["used"], 1000);
     assert_eq!(leaky_store::ledger::consumed(&app.pool, user.id, "openai").await.unwrap(), 1000);
+    // The stored counter, which the group commits add up, agrees with the book and the ledger.
+    let stored = leaky_store::quotas::get(&app.pool, leaky_store::quotas::OwnerType::User, user.id, "openai")
+        .await
+        .unwrap()
+        .expect("the quota row");
+    assert_eq!((stored.limit, stored.used), (1000, 1000));
     let report = wait_for_report(&app, &user, |t| t["requests"] == 1000 && t["quotaRejected"] == 1000).await;
     assert_eq!(report["totals"]["tokens"], 1000);
     assert_eq!(report["totals"]["quotaRejected"], 1000);
@@ -199,6 +205,12 @@ async fn an_org_quota_shared_by_five_users_is_never_exceeded() {
         .await
         .unwrap();
     assert_eq!(quotas[0]["limit"], 300);
+    let org_uuid = org_id.parse().unwrap();
+    let stored = leaky_store::quotas::get(&app.pool, leaky_store::quotas::OwnerType::Org, org_uuid, "openai")
+        .await
+        .unwrap()
+        .expect("the org quota row");
+    assert_eq!(stored.used, 300, "the stored org counter adds up to what was granted");
     let org_report: Value = app
         .get(
             &format!("/api/v1/analytics/report?orgId={org_id}&from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"),
