@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Committed, Debit, MAX_ROWS, Scope, Standing};
+use super::{Committed, Debit, MAX_ROWS, QuotaRow, Scope, Standing, write_quota_rows};
 use crate::quotas::Period;
 use crate::sql::Sql;
 use crate::{Backend, StoreError};
@@ -43,29 +43,27 @@ pub(super) async fn arbitrate<'a>(
     // The rows exist (they are locked): an upsert that always takes its update branch finds each
     // one through the primary key, on both databases (an UPDATE ... FROM a VALUES list lets
     // SQLite scan the whole table).
-    let changed: Vec<(&QuotaKey, &Locked)> = touched.iter().filter_map(|k| rows.get_key_value(k)).collect();
-    for run in changed.chunks(MAX_ROWS) {
-        let mut update = Sql::new(
-            backend,
-            "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
-        );
-        update.values(run, |row, ((kind, id, provider), locked)| {
-            let s = locked.standing;
-            row.bind(*kind)
-                .bind(id.to_string())
-                .bind(provider.clone())
-                .bind(s.limit)
-                .bind(s.used)
-                .bind(locked.period.as_str())
-                .bind(s.period_start)
-                .bind(now);
-        });
-        update.push(
-            " ON CONFLICT (owner_type, owner_id, provider) DO UPDATE SET used = excluded.used, \
-             period_start = excluded.period_start, updated_at = excluded.updated_at",
-        );
-        update.execute(&mut *tx).await?;
-    }
+    let changed: Vec<QuotaRow> = touched
+        .iter()
+        .filter_map(|k| rows.get_key_value(k))
+        .map(|((kind, id, provider), locked)| QuotaRow {
+            owner_type: kind,
+            owner_id: *id,
+            provider,
+            limit: locked.standing.limit,
+            used: locked.standing.used,
+            period: locked.period.as_str(),
+            period_start: locked.standing.period_start,
+        })
+        .collect();
+    write_quota_rows(
+        tx,
+        backend,
+        &changed,
+        now,
+        "DO UPDATE SET used = excluded.used, period_start = excluded.period_start, updated_at = excluded.updated_at",
+    )
+    .await?;
     Ok((granted, decisions))
 }
 
@@ -112,10 +110,20 @@ async fn lock_quotas(
     // byte (the order of the SELECT below, and of the rows a first spend creates).
     let mut keys: Vec<QuotaKey> = keys.into_iter().collect();
     keys.sort_by(|a, b| (a.0 != "user", a.1, &a.2).cmp(&(b.0 != "user", b.1, &b.2)));
-    let users: Vec<((Uuid, &str), &Debit)> = users.into_iter().collect();
-    for run in users.chunks(MAX_ROWS) {
-        create_user_rows(tx, backend, run, now).await?;
-    }
+    // First spends: the user's row, with the limit the deciding process knew.
+    let first: Vec<QuotaRow> = users
+        .into_iter()
+        .map(|((id, provider), d)| QuotaRow {
+            owner_type: "user",
+            owner_id: id,
+            provider,
+            limit: d.user_limit,
+            used: 0,
+            period: "none",
+            period_start: d.user_period_start,
+        })
+        .collect();
+    write_quota_rows(tx, backend, &first, now, "DO NOTHING").await?;
     let mut standings = BTreeMap::new();
     for run in keys.chunks(MAX_ROWS) {
         lock_rows(tx, backend, run, now, &mut standings).await?;
@@ -143,32 +151,6 @@ async fn read_orgs(
     Ok(())
 }
 
-/// Creates the quota rows of users spending for the first time, with their default limits.
-async fn create_user_rows(
-    tx: &mut sqlx::AnyConnection,
-    backend: Backend,
-    users: &[((Uuid, &str), &Debit)],
-    now: i64,
-) -> Result<(), StoreError> {
-    let mut create = Sql::new(
-        backend,
-        "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
-    );
-    create.values(users, |row, ((id, provider), d)| {
-        row.bind("user")
-            .bind(id.to_string())
-            .bind(provider.to_string())
-            .bind(d.user_limit)
-            .bind(0_i64)
-            .bind("none")
-            .bind(d.user_period_start)
-            .bind(now);
-    });
-    create.push(" ON CONFLICT (owner_type, owner_id, provider) DO NOTHING");
-    create.execute(&mut *tx).await?;
-    Ok(())
-}
-
 /// Reads, and on PostgreSQL locks in `keys`' order, the quota rows of `keys`.
 async fn lock_rows(
     tx: &mut sqlx::AnyConnection,
@@ -184,7 +166,7 @@ async fn lock_rows(
         "SELECT q.owner_type, q.owner_id, q.provider, q.quota_limit, q.used, q.period, q.period_start FROM (",
     );
     select.values(keys, |row, (kind, id, provider)| {
-        row.bind(*kind).bind(id.to_string()).bind(provider.clone());
+        row.bind(*kind).bind(id.to_string()).bind(provider.as_str());
     });
     select.push(
         ") AS w CROSS JOIN quotas AS q \

@@ -243,9 +243,9 @@ async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Vec<Op
                 .bind("consume")
                 .bind(d.user_id.to_string())
                 .bind(org.map(|id| id.to_string()))
-                .bind(d.provider.clone())
+                .bind(d.provider.as_str())
                 .bind(i64::try_from(d.tokens).unwrap_or(i64::MAX))
-                .bind(d.request_id.clone())
+                .bind(d.request_id.as_deref())
                 .bind(now);
         });
         insert.execute(&mut *tx).await?;
@@ -275,6 +275,47 @@ async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Vec<Op
     Ok(answers)
 }
 
+/// A quota row as a group commit writes it.
+struct QuotaRow<'a> {
+    owner_type: &'static str,
+    owner_id: Uuid,
+    provider: &'a str,
+    limit: i64,
+    used: i64,
+    period: &'static str,
+    period_start: i64,
+}
+
+/// Inserts `rows` into `quotas`, stamped `now`, [`MAX_ROWS`] to a statement, each statement
+/// ending in `on_conflict` (what to do with a row that exists).
+async fn write_quota_rows(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    rows: &[QuotaRow<'_>],
+    now: i64,
+    on_conflict: &str,
+) -> Result<(), StoreError> {
+    for run in rows.chunks(MAX_ROWS) {
+        let mut insert = Sql::new(
+            backend,
+            "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
+        );
+        insert.values(run, |row, q| {
+            row.bind(q.owner_type)
+                .bind(q.owner_id.to_string())
+                .bind(q.provider)
+                .bind(q.limit)
+                .bind(q.used)
+                .bind(q.period)
+                .bind(q.period_start)
+                .bind(now);
+        });
+        insert.push(" ON CONFLICT (owner_type, owner_id, provider) ").push(on_conflict);
+        insert.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// The PostgreSQL advisory lock held from a transaction's first outbox row to its commit, so
 /// outbox rows become visible in `seq` order (the relay never passes a row still uncommitted).
 const OUTBOX_LOCK: i64 = 0x6c65_616b_7902;
@@ -295,7 +336,7 @@ async fn insert_events(conn: &mut sqlx::AnyConnection, events: &[&Event], now: i
     for run in rows.chunks(MAX_ROWS) {
         let mut insert = Sql::new(backend, "INSERT INTO outbox (event_id, topic, key, payload, created_at) ");
         insert.values(run, |row, (e, payload)| {
-            row.bind(e.id.to_string()).bind(e.topic()).bind(e.user_id.to_string()).bind(payload.clone()).bind(now);
+            row.bind(e.id.to_string()).bind(e.topic()).bind(e.user_id.to_string()).bind(payload.as_str()).bind(now);
         });
         insert.execute(&mut *conn).await?;
     }

@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::{Debit, MAX_ROWS};
-use crate::sql::Sql;
+use super::{Debit, QuotaRow, write_quota_rows};
 use crate::{Backend, StoreError};
 
 /// What the debits of one quota row add up to.
@@ -57,33 +56,32 @@ pub(super) async fn tally(
         }
     }
 
-    let users: Vec<_> = users.into_iter().collect();
-    for run in users.chunks(MAX_ROWS) {
-        let mut upsert = Sql::new(
-            backend,
-            "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
-        );
-        upsert.values(run, |row, ((id, provider), tally)| {
-            row.bind("user")
-                .bind(id.to_string())
-                .bind(provider.to_string())
-                .bind(tally.limit)
-                .bind(tally.cost)
-                .bind("none")
-                .bind(tally.period_start)
-                .bind(now);
-        });
-        upsert.push(
-            " ON CONFLICT (owner_type, owner_id, provider) DO UPDATE SET \
-             used = CASE WHEN excluded.period_start > quotas.period_start THEN excluded.used \
-                         WHEN excluded.period_start = quotas.period_start THEN quotas.used + excluded.used \
-                         ELSE quotas.used END, \
-             period_start = CASE WHEN excluded.period_start > quotas.period_start \
-                                 THEN excluded.period_start ELSE quotas.period_start END, \
-             updated_at = excluded.updated_at",
-        );
-        upsert.execute(&mut *tx).await?;
-    }
+    let users: Vec<QuotaRow> = users
+        .into_iter()
+        .map(|((id, provider), tally)| QuotaRow {
+            owner_type: "user",
+            owner_id: id,
+            provider,
+            limit: tally.limit,
+            used: tally.cost,
+            period: "none",
+            period_start: tally.period_start,
+        })
+        .collect();
+    write_quota_rows(
+        tx,
+        backend,
+        &users,
+        now,
+        "DO UPDATE SET \
+         used = CASE WHEN excluded.period_start > quotas.period_start THEN excluded.used \
+                     WHEN excluded.period_start = quotas.period_start THEN quotas.used + excluded.used \
+                     ELSE quotas.used END, \
+         period_start = CASE WHEN excluded.period_start > quotas.period_start \
+                             THEN excluded.period_start ELSE quotas.period_start END, \
+         updated_at = excluded.updated_at",
+    )
+    .await?;
 
     // An org quota exists when its process charged it; nothing creates one here.
     for ((org, provider), tally) in orgs {
