@@ -7,7 +7,8 @@
 //! them) on a fresh data directory, and drives `POST /api/v1/tokens/consume` (one token for a
 //! different user each time, round-robin over all of them) from keep-alive HTTP/1.1
 //! connections for a fixed time, as a gateway acting for its users would. It prints requests
-//! per second, the status counts and latency percentiles. The client is a minimal raw HTTP/1.1
+//! per second, the status counts and latency percentiles, and what the servers used per request
+//! (CPU time and bytes written to storage, from `/proc`). The client is a minimal raw HTTP/1.1
 //! writer on a single-threaded runtime so that most of the CPU is left to the server.
 
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{cargo, run};
+use crate::{cargo, run, usage};
 
 /// Benchmark settings.
 pub struct Load {
@@ -83,8 +84,9 @@ pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<()> {
         env(&mut cmd);
         servers.push(cmd.env("LEAKY_SERVER__ADDR", addr).arg("serve").stdout(Stdio::null()).spawn()?);
     }
+    let pids: Vec<u32> = servers.iter().map(std::process::Child::id).collect();
     let result =
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(drive(load, addrs, users));
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(drive(load, addrs, users, &pids));
     for mut server in servers {
         let _ = server.kill();
         let _ = server.wait();
@@ -93,7 +95,7 @@ pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<()> {
     result
 }
 
-async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>) -> Result<()> {
+async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for addr in &addrs {
         loop {
@@ -143,6 +145,10 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>) -> Result<()
             tokio::spawn(async move { worker(&addr, &requests, c, start + warm_up, start + warm_up + measure).await })
         })
         .collect();
+    tokio::time::sleep_until((start + warm_up).into()).await;
+    let before = usage::read_all(pids);
+    tokio::time::sleep_until((start + warm_up + measure).into()).await;
+    let after = usage::read_all(pids);
     let mut latencies = Vec::new();
     let mut statuses = BTreeMap::new();
     for t in tasks {
@@ -170,6 +176,16 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>) -> Result<()
         ms(pct(0.99)),
         ms(pct(1.0))
     );
+    if let (Some(before), Some(after)) = (before, after)
+        && total > 0.0
+    {
+        println!(
+            "server:     {:.1} us CPU and {:.0} bytes written to storage per request ({:.2} cores)",
+            (after.cpu_seconds - before.cpu_seconds) * 1e6 / total,
+            (after.write_bytes - before.write_bytes) as f64 / total,
+            (after.cpu_seconds - before.cpu_seconds) / measure.as_secs_f64()
+        );
+    }
     Ok(())
 }
 

@@ -13,6 +13,7 @@
 mod guests;
 mod load;
 mod services;
+mod usage;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
