@@ -128,6 +128,9 @@ async fn sqlite_pool(url: &str, mode: &'static str, connections: u32) -> Result<
     let url = format!("{url}{separator}mode={mode}");
     let pool = AnyPoolOptions::new()
         .max_connections(connections)
+        // A connection to a local file does not go stale the way a socket does; pinging it
+        // before every use would cost a round trip to its worker thread per transaction.
+        .test_before_acquire(false)
         .after_connect(move |conn: &mut AnyConnection, _| {
             Box::pin(async move {
                 if mode != "ro" {
