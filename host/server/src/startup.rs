@@ -8,10 +8,10 @@ use leaky_engine::{EngineConfig, PolicyEngine};
 use leaky_store::Database;
 use leaky_store::analytics::{AnalyticsSink, SqlAnalytics};
 use leaky_store::bus::{EventBus, InProcessBus};
+use leaky_store::commit_feed::CommitFeed;
 use leaky_store::ledger::{Arbiter, LedgerWriter};
 use leaky_store::schema::Schema;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 use crate::auth::{JwtKeys, hash_password, load_or_generate_jwt_secret};
 use crate::services::accounts::Accounts;
@@ -53,7 +53,7 @@ impl Application {
         let policies = crate::services::policies::start(engine.clone(), db.clone(), &settings).await?;
         let logins = LoginLimiter::new(login_policy(&engine, &settings)?);
 
-        let committed = Arc::new(Notify::new());
+        let committed = Arc::new(CommitFeed::new());
         // On a database replicas share, the database decides quotas; on this process's own,
         // its account book does.
         let arbiter = if db.is_shared() { Arbiter::Database } else { Arbiter::Caller };

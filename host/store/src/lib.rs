@@ -10,13 +10,15 @@
 //! - [`ledger`]: the group-commit writer. Debits and their outbox events are written in one
 //!   transaction, many requests per transaction, and a caller is answered only after its
 //!   transaction committed.
-//! - [`outbox`] relays committed events to an [`bus::EventBus`] at least once; the
+//! - [`outbox`] relays committed events to an [`bus::EventBus`] at least once (on SQLite, as
+//!   the writer hands them over in a [`commit_feed::CommitFeed`] when it can); the
 //!   [`analytics`] sink deduplicates them by event id.
 
 pub mod analytics;
 pub mod api_keys;
 pub mod bus;
 pub mod cassandra;
+pub mod commit_feed;
 mod database;
 mod error;
 pub mod events;

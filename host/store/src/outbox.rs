@@ -2,14 +2,18 @@
 //!
 //! The relay's progress (the last published `seq`) moves only after the bus accepted a batch,
 //! so a crash in between publishes that batch again; consumers deduplicate by event id.
+//!
+//! On SQLite the relay publishes what the ledger writer hands it after a commit
+//! ([`CommitFeed`]) when that continues exactly where its cursor stands, and reads the outbox
+//! otherwise; either way the cursor moves the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row;
-use tokio::sync::Notify;
 
 use crate::bus::EventBus;
+use crate::commit_feed::CommitFeed;
 use crate::events::Event;
 use crate::{Backend, Database, Pool, StoreError, now_ms};
 
@@ -69,6 +73,37 @@ where
     Ok((events, last_seq))
 }
 
+/// One round of the spawned relay. On SQLite only this process moves the cursor, so the relay
+/// keeps it in `cursor` and first tries the batch the writer handed over; whenever it has none
+/// that continues the cursor, it reads the outbox (and the cursor) as [`relay_once`] does.
+async fn relay_round(
+    db: &Database,
+    bus: &dyn EventBus,
+    feed: &CommitFeed,
+    cursor: &mut Option<i64>,
+) -> Result<usize, StoreError> {
+    if db.backend() != Backend::Sqlite {
+        return relay_once(db, bus).await;
+    }
+    if let Some(at) = *cursor
+        && let Some(batch) = feed.next_after(at)
+    {
+        *cursor = None;
+        publish(bus, &batch.events).await?;
+        advance(db.pool(), batch.last_seq).await?;
+        *cursor = Some(batch.last_seq);
+        metrics::counter!("leaky_outbox_handed_total").increment(batch.events.len() as u64);
+        return Ok(batch.events.len());
+    }
+    *cursor = None;
+    let at: i64 = sqlx::query_scalar("SELECT last_seq FROM outbox_cursor WHERE id = 1").fetch_one(db.readers()).await?;
+    let (events, last_seq) = unpublished(db.readers()).await?;
+    publish(bus, &events).await?;
+    advance(db.pool(), last_seq).await?;
+    *cursor = Some(last_seq.max(at));
+    Ok(events.len())
+}
+
 async fn publish(bus: &dyn EventBus, events: &[Event]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
@@ -100,11 +135,12 @@ where
 }
 
 /// Relays forever: after every ledger commit, and at least every half second.
-pub fn spawn_relay(db: Database, bus: Arc<dyn EventBus>, committed: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_relay(db: Database, bus: Arc<dyn EventBus>, committed: Arc<CommitFeed>) -> tokio::task::JoinHandle<()> {
     crate::runtime::spawn(async move {
+        let mut cursor = None;
         loop {
             let wake = committed.notified();
-            match relay_once(&db, bus.as_ref()).await {
+            match relay_round(&db, bus.as_ref(), &committed, &mut cursor).await {
                 Ok(n) if n > 0 => continue,
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "outbox relay failed; retrying"),

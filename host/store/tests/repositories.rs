@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 use common::TestDb;
 use leaky_store::analytics::{AnalyticsSink, ReportQuery, SqlAnalytics, Totals};
 use leaky_store::bus::{BoxFuture, EventBus};
+use leaky_store::commit_feed::CommitFeed;
 use leaky_store::events::{Event, Outcome};
 use leaky_store::ledger::{Arbiter, Committed, Debit, LedgerWriter, Scope};
 use leaky_store::policies::{self, Binding, NewVersion};
 use leaky_store::purchases::{self, Claim};
 use leaky_store::quotas::{self, OwnerType, Period};
 use leaky_store::{Database, StoreError, api_keys, now_ms, orgs, outbox, users};
-use tokio::sync::Notify;
+
 use uuid::Uuid;
 
 on_both_databases!(
@@ -32,6 +33,8 @@ on_both_databases!(
     two_writers_never_spend_more_than_a_quota,
     a_sole_writer_adds_up_what_its_book_decided,
     the_relay_publishes_every_committed_event_in_order,
+    the_running_relay_publishes_handed_over_and_interleaved_events_in_order,
+    a_commit_that_fails_part_way_writes_nothing_and_the_next_one_commits,
     the_sql_sink_counts_each_event_once,
     a_cancelled_begin_leaves_no_transaction_open,
 );
@@ -217,7 +220,7 @@ fn debit(user: Uuid, org: Option<Uuid>, limit: i64) -> Debit {
 
 /// Commits `n` one-token debits of `user` through one writer.
 async fn debit_all(db: &Database, user: Uuid, org: Option<Uuid>, n: usize) {
-    let writer = LedgerWriter::spawn(db.pool().clone(), Arbiter::Database, Arc::new(Notify::new()));
+    let writer = LedgerWriter::spawn(db.pool().clone(), Arbiter::Database, Arc::new(CommitFeed::new()));
     for _ in 0..n {
         assert!(matches!(writer.debit(debit(user, org, 1_000_000)).await.unwrap(), Committed::Spent { .. }));
     }
@@ -228,8 +231,8 @@ async fn debit_all(db: &Database, user: Uuid, org: Option<Uuid>, n: usize) {
 async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
     let second = Database::open(&t.url).await.unwrap();
     let writers = [
-        LedgerWriter::spawn(t.db.pool().clone(), Arbiter::Database, Arc::new(Notify::new())),
-        LedgerWriter::spawn(second.pool().clone(), Arbiter::Database, Arc::new(Notify::new())),
+        LedgerWriter::spawn(t.db.pool().clone(), Arbiter::Database, Arc::new(CommitFeed::new())),
+        LedgerWriter::spawn(second.pool().clone(), Arbiter::Database, Arc::new(CommitFeed::new())),
     ];
     let owner = user(&t.db, "spender").await;
     let run = |users: Vec<Uuid>, org: Option<Uuid>, limit: i64, per_task: usize| {
@@ -287,7 +290,7 @@ async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
 /// its limit, an org quota its process charged counts too, one it did not is left alone (and
 /// none is created), a later period starts the count again and an earlier one no longer counts.
 async fn a_sole_writer_adds_up_what_its_book_decided(t: &TestDb) {
-    let writer = LedgerWriter::spawn(t.db.pool().clone(), Arbiter::Caller, Arc::new(Notify::new()));
+    let writer = LedgerWriter::spawn(t.db.pool().clone(), Arbiter::Caller, Arc::new(CommitFeed::new()));
     let org = orgs::create(t.db.pool(), "tallied").await.unwrap().id;
     let day =
         quotas::put(t.db.pool(), OwnerType::Org, org, "openai", 10_000, Period::Daily).await.unwrap().period_start;
@@ -349,6 +352,25 @@ impl EventBus for Recorder {
     }
 }
 
+/// 16 tasks, each committing 40 one-token debits of `owner` through one of `writers` in turn;
+/// each answers the event ids of its debits.
+fn debit_from_tasks(writers: &[LedgerWriter], owner: Uuid) -> Vec<tokio::task::JoinHandle<Vec<Uuid>>> {
+    (0..16)
+        .map(|task| {
+            let writer = writers[task % writers.len()].clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..40 {
+                    let d = debit(owner, None, 1_000_000);
+                    ids.push(d.event.id);
+                    writer.debit(d).await.unwrap();
+                }
+                ids
+            })
+        })
+        .collect()
+}
+
 /// Two writers commit while two relays (each on its own pool) publish: every event is
 /// published, none is passed over, and the cursor ends at the last one.
 async fn the_relay_publishes_every_committed_event_in_order(t: &TestDb) {
@@ -369,22 +391,9 @@ async fn the_relay_publishes_every_committed_event_in_order(t: &TestDb) {
         })
         .collect();
     let writers = [t.db.pool().clone(), second.pool().clone()]
-        .map(|pool| LedgerWriter::spawn(pool, Arbiter::Database, Arc::new(Notify::new())));
+        .map(|pool| LedgerWriter::spawn(pool, Arbiter::Database, Arc::new(CommitFeed::new())));
     let mut committed = Vec::new();
-    let tasks: Vec<_> = (0..16)
-        .map(|task| {
-            let writer = writers[task % 2].clone();
-            tokio::spawn(async move {
-                let mut ids = Vec::new();
-                for _ in 0..40 {
-                    let d = debit(owner, None, 1_000_000);
-                    ids.push(d.event.id);
-                    writer.debit(d).await.unwrap();
-                }
-                ids
-            })
-        })
-        .collect();
+    let tasks = debit_from_tasks(&writers, owner);
     for task in tasks {
         committed.extend(task.await.unwrap());
     }
@@ -398,6 +407,89 @@ async fn the_relay_publishes_every_committed_event_in_order(t: &TestDb) {
     assert_eq!(missing, 0, "every committed event is published");
     assert_eq!(outbox::pending(t.db.pool()).await.unwrap(), 0);
     second.pool().close().await;
+}
+
+/// The relay as the service runs it, beside one writer: 16 tasks debit while purchases commit
+/// their events in transactions of their own between the group commits. Every event is
+/// published, in `seq` order; on SQLite most batches go from the writer to the bus without
+/// being read back from the outbox.
+async fn the_running_relay_publishes_handed_over_and_interleaved_events_in_order(t: &TestDb) {
+    let owner = user(&t.db, "handed").await;
+    let feed = Arc::new(CommitFeed::new());
+    let bus = Arc::new(Recorder::default());
+    let relay = outbox::spawn_relay(t.db.clone(), Arc::clone(&bus) as Arc<dyn EventBus>, Arc::clone(&feed));
+    // As the service runs each database: its book deciding on SQLite, the database on PostgreSQL.
+    let sqlite = t.db.backend() == leaky_store::Backend::Sqlite;
+    let arbiter = if sqlite { Arbiter::Caller } else { Arbiter::Database };
+    let writer = LedgerWriter::spawn(t.db.pool().clone(), arbiter, Arc::clone(&feed));
+    let tasks = debit_from_tasks(&[writer], owner);
+    let mut committed = Vec::new();
+    for i in 0..5 {
+        let id = Uuid::now_v7();
+        purchases::create(t.db.pool(), id, owner, "openai", 10).await.unwrap();
+        let purchase = purchases::get(t.db.pool(), id).await.unwrap().unwrap();
+        purchases::credit_quota(t.db.pool(), &purchase, None, 1_000_000).await.unwrap();
+        committed.push(id);
+        tokio::time::sleep(std::time::Duration::from_millis(i * 3)).await;
+    }
+    for task in tasks {
+        committed.extend(task.await.unwrap());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while outbox::pending(t.db.pool()).await.unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the relay did not catch up");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    relay.abort();
+    let published = bus.0.lock().unwrap().clone();
+    let unique: HashSet<Uuid> = published.iter().copied().collect();
+    assert_eq!(unique.len(), committed.len(), "every committed event is published");
+    assert!(committed.iter().all(|id| unique.contains(id)));
+    let mut first_seen: Vec<Uuid> = Vec::new();
+    for id in &published {
+        if !first_seen.contains(id) {
+            first_seen.push(*id);
+        }
+    }
+    let in_seq_order: Vec<Uuid> = sqlx::query_scalar::<_, String>("SELECT event_id FROM outbox ORDER BY seq")
+        .fetch_all(t.db.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|id| id.parse().unwrap())
+        .collect();
+    assert_eq!(first_seen, in_seq_order, "published in the order committed");
+    if sqlite {
+        assert!(feed.taken() > 0, "no batch was handed over");
+    }
+}
+
+/// A group commit whose ledger insert fails (an entry id used before), after its quota update
+/// was written: nothing of it stays (counter, ledger, outbox), its debit is refused, and the
+/// writer's connection is left outside any transaction, so the next commit goes through.
+async fn a_commit_that_fails_part_way_writes_nothing_and_the_next_one_commits(t: &TestDb) {
+    let owner = user(&t.db, "failing").await;
+    let sqlite = t.db.backend() == leaky_store::Backend::Sqlite;
+    let arbiter = if sqlite { Arbiter::Caller } else { Arbiter::Database };
+    let writer = LedgerWriter::spawn(t.db.pool().clone(), arbiter, Arc::new(CommitFeed::new()));
+    let first = debit(owner, None, 1_000);
+    writer.debit(first.clone()).await.unwrap();
+    let stored = || async { quotas::get(t.db.pool(), OwnerType::User, owner, "openai").await.unwrap().unwrap().used };
+    let outbox_rows =
+        || async { sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox").fetch_one(t.db.pool()).await.unwrap() };
+    let (used, events) = (stored().await, outbox_rows().await);
+    assert_eq!(used, 1);
+
+    let again = Debit { event: debit(owner, None, 1_000).event, ..first };
+    let refused = writer.debit(again).await;
+    assert!(matches!(refused, Err(StoreError::CommitFailed(_))), "{refused:?}");
+    assert_eq!(stored().await, used, "the counter is as before");
+    assert_eq!(outbox_rows().await, events, "no event of the failed commit");
+    assert_eq!(leaky_store::ledger::consumed(t.db.pool(), owner, "openai").await.unwrap(), 1);
+
+    writer.debit(debit(owner, None, 1_000)).await.unwrap();
+    assert_eq!(stored().await, 2, "the next commit goes through");
+    assert_eq!(outbox_rows().await, events + 1);
 }
 
 async fn the_sql_sink_counts_each_event_once(t: &TestDb) {

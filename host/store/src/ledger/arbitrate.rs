@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::writes::Writes;
 use super::{Committed, Debit, MAX_ROWS, QuotaRow, Scope, Standing, write_quota_rows};
 use crate::quotas::Period;
 use crate::sql::Sql;
@@ -57,8 +58,7 @@ pub(super) async fn arbitrate<'a>(
         })
         .collect();
     write_quota_rows(
-        tx,
-        backend,
+        &mut Writes::Each { conn: tx, backend },
         &changed,
         now,
         "DO UPDATE SET used = excluded.used, period_start = excluded.period_start, updated_at = excluded.updated_at",
@@ -123,7 +123,7 @@ async fn lock_quotas(
             period_start: d.user_period_start,
         })
         .collect();
-    write_quota_rows(tx, backend, &first, now, "DO NOTHING").await?;
+    write_quota_rows(&mut Writes::Each { conn: &mut *tx, backend }, &first, now, "DO NOTHING").await?;
     let mut standings = BTreeMap::new();
     for run in keys.chunks(MAX_ROWS) {
         lock_rows(tx, backend, run, now, &mut standings).await?;

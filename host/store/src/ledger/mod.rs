@@ -17,14 +17,16 @@
 
 mod arbitrate;
 mod tally;
+mod writes;
 
 use std::sync::Arc;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::commit_feed::{CommitFeed, CommittedEvents};
 use crate::events::Event;
-use crate::sql::Sql;
 use crate::{Backend, Pool, StoreError, now_ms};
+use writes::Writes;
 
 /// Most writes in one transaction.
 pub const MAX_BATCH: usize = 2048;
@@ -131,9 +133,9 @@ pub struct LedgerWriter {
 }
 
 impl LedgerWriter {
-    /// Starts the writer task, deciding quotas as `arbiter` says. `committed` is notified after
-    /// every commit (the outbox relay waits on it).
-    pub fn spawn(pool: Pool, arbiter: Arbiter, committed: Arc<Notify>) -> Self {
+    /// Starts the writer task, deciding quotas as `arbiter` says. `committed` hears of every
+    /// commit (the outbox relay waits on it).
+    pub fn spawn(pool: Pool, arbiter: Arbiter, committed: Arc<CommitFeed>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         crate::runtime::spawn(run(pool, arbiter, receiver, committed));
         Self { queue }
@@ -158,7 +160,7 @@ impl LedgerWriter {
 /// conflict (PostgreSQL, replicas committing at once).
 const RETRIES: usize = 3;
 
-async fn run(pool: Pool, arbiter: Arbiter, mut receiver: mpsc::Receiver<Write>, committed: Arc<Notify>) {
+async fn run(pool: Pool, arbiter: Arbiter, mut receiver: mpsc::Receiver<Write>, committed: Arc<CommitFeed>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = receiver.recv().await {
         batch.push(first);
@@ -182,12 +184,24 @@ async fn run(pool: Pool, arbiter: Arbiter, mut receiver: mpsc::Receiver<Write>, 
         }
         metrics::histogram!("leaky_ledger_commit_seconds").record(started.elapsed().as_secs_f64());
         match result {
-            Ok(answers) => {
+            Ok((answers, seqs)) => {
+                let mut events = Vec::with_capacity(if seqs.is_some() { batch.len() } else { 0 });
                 for (write, answer) in batch.drain(..).zip(answers) {
-                    if let (Write::Debit(_, done), Some(committed)) = (write, answer) {
-                        let _ = done.send(Ok(committed));
+                    match (write, answer) {
+                        (Write::Debit(debit, done), Some(answer)) => {
+                            if seqs.is_some() && !matches!(answer, Committed::Refused { .. }) {
+                                events.push(debit.event);
+                            }
+                            let _ = done.send(Ok(answer));
+                        }
+                        (Write::Event(event), _) if seqs.is_some() => events.push(event),
+                        _ => {}
                     }
                 }
+                let handed = seqs
+                    .map(|(first_seq, last_seq)| CommittedEvents { first_seq, last_seq, events })
+                    .filter(|b| usize::try_from(b.last_seq - b.first_seq + 1).ok() == Some(b.events.len()));
+                committed.committed(handed);
             }
             Err(err) => {
                 tracing::error!(error = %err, writes = batch.len(), "ledger batch failed; every debit in it is refused");
@@ -196,9 +210,9 @@ async fn run(pool: Pool, arbiter: Arbiter, mut receiver: mpsc::Receiver<Write>, 
                         let _ = done.send(Err(StoreError::CommitFailed(err.to_string())));
                     }
                 }
+                committed.committed(None);
             }
         }
-        committed.notify_waiters();
     }
 }
 
@@ -210,9 +224,10 @@ fn is_transient(err: &sqlx::Error) -> bool {
 
 /// Commits a batch in one transaction: decides the debits (as `arbiter` says) and writes the
 /// granted debits' ledger rows, the counters and the outbox events, one multi-row statement per
-/// table (up to [`MAX_ROWS`] rows each). The answer has one entry per write (`None` for an
-/// event).
-async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Vec<Option<Committed>>, StoreError> {
+/// table (up to [`MAX_ROWS`] rows each); on SQLite with [`Arbiter::Caller`] as one script
+/// ([`writes`]). The answer has one entry per write (`None` for an event), and, from a script,
+/// the outbox `seq`s of the events written.
+async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Answers, StoreError> {
     let now = now_ms();
     let debits: Vec<&Debit> = batch
         .iter()
@@ -221,35 +236,18 @@ async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Vec<Op
             Write::Event(_) => None,
         })
         .collect();
-    let mut tx = crate::database::begin(pool).await?;
-    let backend = Backend::of_connection(&tx);
-    let (granted, decisions) = match arbiter {
+    let backend = Backend::of_url(pool.connect_options().database_url.as_str())?;
+    let scripted = arbiter == Arbiter::Caller && backend == Backend::Sqlite;
+    let mut tx = if scripted { None } else { Some(crate::database::begin(pool).await?) };
+    let (granted, decisions) = match (arbiter, tx.as_mut()) {
         _ if debits.is_empty() => (Vec::new(), Vec::new()),
-        Arbiter::Database => arbitrate::arbitrate(&mut tx, &debits, backend, now).await?,
-        Arbiter::Caller => {
-            tally::tally(&mut tx, &debits, backend, now).await?;
+        (Arbiter::Database, Some(tx)) => arbitrate::arbitrate(tx, &debits, backend, now).await?,
+        (Arbiter::Database, None) => return Err(StoreError::Corrupt("arbitration needs a transaction".into())),
+        (Arbiter::Caller, _) => {
             let granted = debits.iter().map(|d| (*d, d.org.map(|(id, _)| id))).collect();
             (granted, vec![Committed::Recorded; debits.len()])
         }
     };
-
-    for run in granted.chunks(MAX_ROWS) {
-        let mut insert = Sql::new(
-            backend,
-            "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ",
-        );
-        insert.values(run, |row, (d, org)| {
-            row.bind(d.entry_id.to_string())
-                .bind("consume")
-                .bind(d.user_id.to_string())
-                .bind(org.map(|id| id.to_string()))
-                .bind(d.provider.as_str())
-                .bind(i64::try_from(d.tokens).unwrap_or(i64::MAX))
-                .bind(d.request_id.as_deref())
-                .bind(now);
-        });
-        insert.execute(&mut *tx).await?;
-    }
 
     let mut events = Vec::with_capacity(batch.len());
     let mut answers = Vec::with_capacity(batch.len());
@@ -270,10 +268,60 @@ async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Vec<Op
             }
         }
     }
-    insert_events(&mut tx, &events, now).await?;
-    tx.commit().await?;
-    Ok(answers)
+    let payloads = payloads(&events)?;
+
+    let mut writes = match tx.as_mut() {
+        Some(tx) => Writes::Each { conn: tx, backend },
+        None => Writes::script(),
+    };
+    if arbiter == Arbiter::Caller && !debits.is_empty() {
+        tally::tally(&mut writes, &debits, now).await?;
+    }
+    for run in granted.chunks(MAX_ROWS) {
+        writes
+            .statement(|sql| {
+                sql.push(
+                    "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ",
+                );
+                sql.values(run, |row, (d, org)| {
+                    row.bind(d.entry_id.to_string())
+                        .bind("consume")
+                        .bind(d.user_id.to_string())
+                        .bind(org.map(|id| id.to_string()))
+                        .bind(d.provider.as_str())
+                        .bind(i64::try_from(d.tokens).unwrap_or(i64::MAX))
+                        .bind(d.request_id.as_deref())
+                        .bind(now);
+                });
+            })
+            .await?;
+    }
+    insert_events(&mut writes, &events, &payloads, now).await?;
+    let script = match writes {
+        Writes::Script(script) => Some(script),
+        Writes::Each { .. } => None,
+    };
+    let seqs = match (script, tx) {
+        // The script's transaction is the only writer, and `AUTOINCREMENT` numbers rows one
+        // after the other from the largest `seq` ever used: its events are the `seq`s up to
+        // the last row it inserted, which is the last outbox row.
+        (Some(script), _) => {
+            let last = writes::run_script(pool, script).await?;
+            let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+            (count > 0).then_some((last - count + 1, last))
+        }
+        (None, Some(tx)) => {
+            tx.commit().await?;
+            None
+        }
+        (None, None) => None,
+    };
+    Ok((answers, seqs))
 }
+
+/// What a group commit answers: one entry per write, and the first and last outbox `seq` of its
+/// events when they are known to be consecutive.
+type Answers = (Vec<Option<Committed>>, Option<(i64, i64)>);
 
 /// A quota row as a group commit writes it.
 struct QuotaRow<'a> {
@@ -288,30 +336,31 @@ struct QuotaRow<'a> {
 
 /// Inserts `rows` into `quotas`, stamped `now`, [`MAX_ROWS`] to a statement, each statement
 /// ending in `on_conflict` (what to do with a row that exists).
-async fn write_quota_rows(
-    conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-    rows: &[QuotaRow<'_>],
+async fn write_quota_rows<'q>(
+    writes: &mut Writes<'_, 'q>,
+    rows: &[QuotaRow<'q>],
     now: i64,
     on_conflict: &str,
 ) -> Result<(), StoreError> {
     for run in rows.chunks(MAX_ROWS) {
-        let mut insert = Sql::new(
-            backend,
-            "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
-        );
-        insert.values(run, |row, q| {
-            row.bind(q.owner_type)
-                .bind(q.owner_id.to_string())
-                .bind(q.provider)
-                .bind(q.limit)
-                .bind(q.used)
-                .bind(q.period)
-                .bind(q.period_start)
-                .bind(now);
-        });
-        insert.push(" ON CONFLICT (owner_type, owner_id, provider) ").push(on_conflict);
-        insert.execute(&mut *conn).await?;
+        writes
+            .statement(|sql| {
+                sql.push(
+                    "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
+                );
+                sql.values(run, |row, q| {
+                    row.bind(q.owner_type)
+                        .bind(q.owner_id.to_string())
+                        .bind(q.provider)
+                        .bind(q.limit)
+                        .bind(q.used)
+                        .bind(q.period)
+                        .bind(q.period_start)
+                        .bind(now);
+                });
+                sql.push(" ON CONFLICT (owner_type, owner_id, provider) ").push(on_conflict);
+            })
+            .await?;
     }
     Ok(())
 }
@@ -320,32 +369,51 @@ async fn write_quota_rows(
 /// outbox rows become visible in `seq` order (the relay never passes a row still uncommitted).
 const OUTBOX_LOCK: i64 = 0x6c65_616b_7902;
 
-/// Writes events to the outbox, in the caller's transaction.
-async fn insert_events(conn: &mut sqlx::AnyConnection, events: &[&Event], now: i64) -> Result<(), StoreError> {
+/// The outbox payloads (JSON) of `events`.
+fn payloads(events: &[&Event]) -> Result<Vec<String>, StoreError> {
+    events.iter().map(|e| serde_json::to_string(e).map_err(|err| StoreError::Corrupt(err.to_string()))).collect()
+}
+
+/// Writes events, with their `payloads`, to the outbox, in the caller's transaction.
+async fn insert_events<'q>(
+    writes: &mut Writes<'_, 'q>,
+    events: &[&'q Event],
+    payloads: &'q [String],
+    now: i64,
+) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
     }
-    let rows = events
-        .iter()
-        .map(|e| Ok((*e, serde_json::to_string(e).map_err(|err| StoreError::Corrupt(err.to_string()))?)))
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    let backend = Backend::of_connection(conn);
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(&mut *conn).await?;
+    if writes.backend() == Backend::Postgres {
+        writes
+            .statement(|sql| {
+                sql.push("SELECT pg_advisory_xact_lock(").bind(OUTBOX_LOCK).push(")");
+            })
+            .await?;
     }
+    let rows: Vec<(&Event, &String)> = events.iter().copied().zip(payloads).collect();
     for run in rows.chunks(MAX_ROWS) {
-        let mut insert = Sql::new(backend, "INSERT INTO outbox (event_id, topic, key, payload, created_at) ");
-        insert.values(run, |row, (e, payload)| {
-            row.bind(e.id.to_string()).bind(e.topic()).bind(e.user_id.to_string()).bind(payload.as_str()).bind(now);
-        });
-        insert.execute(&mut *conn).await?;
+        writes
+            .statement(|sql| {
+                sql.push("INSERT INTO outbox (event_id, topic, key, payload, created_at) ");
+                sql.values(run, |row, (e, payload)| {
+                    row.bind(e.id.to_string())
+                        .bind(e.topic())
+                        .bind(e.user_id.to_string())
+                        .bind(payload.as_str())
+                        .bind(now);
+                });
+            })
+            .await?;
     }
     Ok(())
 }
 
 /// Writes an event to the outbox, in the caller's transaction.
 pub(crate) async fn insert_event(conn: &mut sqlx::AnyConnection, event: &Event) -> Result<(), StoreError> {
-    insert_events(conn, &[event], now_ms()).await
+    let backend = Backend::of_connection(conn);
+    let payloads = payloads(&[event])?;
+    insert_events(&mut Writes::Each { conn, backend }, &[event], &payloads, now_ms()).await
 }
 
 /// Whether a ledger entry exists for this request id (for audits and crash tests).

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
+use super::writes::Writes;
 use super::{Debit, QuotaRow, write_quota_rows};
-use crate::{Backend, StoreError};
+use crate::StoreError;
 
 /// What the debits of one quota row add up to.
 struct Tally {
@@ -35,14 +36,9 @@ impl Tally {
 
 /// Adds `debits` to the stored counters of the users' quotas (creating a first spender's row
 /// with the limit its process decided on) and of the org quotas their processes charged.
-pub(super) async fn tally(
-    tx: &mut sqlx::AnyConnection,
-    debits: &[&Debit],
-    backend: Backend,
-    now: i64,
-) -> Result<(), StoreError> {
-    let mut users: BTreeMap<(Uuid, &str), Tally> = BTreeMap::new();
-    let mut orgs: BTreeMap<(Uuid, &str), Tally> = BTreeMap::new();
+pub(super) async fn tally<'q>(writes: &mut Writes<'_, 'q>, debits: &[&'q Debit], now: i64) -> Result<(), StoreError> {
+    let mut users: BTreeMap<(Uuid, &'q str), Tally> = BTreeMap::new();
+    let mut orgs: BTreeMap<(Uuid, &'q str), Tally> = BTreeMap::new();
     for d in debits {
         let start = d.user_period_start;
         users
@@ -69,8 +65,7 @@ pub(super) async fn tally(
         })
         .collect();
     write_quota_rows(
-        tx,
-        backend,
+        writes,
         &users,
         now,
         "DO UPDATE SET \
@@ -85,19 +80,29 @@ pub(super) async fn tally(
 
     // An org quota exists when its process charged it; nothing creates one here.
     for ((org, provider), tally) in orgs {
-        sqlx::query(
-            "UPDATE quotas SET \
-             used = CASE WHEN $1 > period_start THEN $2 WHEN $1 = period_start THEN used + $2 ELSE used END, \
-             period_start = CASE WHEN $1 > period_start THEN $1 ELSE period_start END, updated_at = $3 \
-             WHERE owner_type = 'org' AND owner_id = $4 AND provider = $5",
-        )
-        .bind(tally.period_start)
-        .bind(tally.cost)
-        .bind(now)
-        .bind(org.to_string())
-        .bind(provider)
-        .execute(&mut *tx)
-        .await?;
+        writes
+            .statement(|sql| {
+                let (start, cost) = (tally.period_start, tally.cost);
+                sql.push("UPDATE quotas SET used = CASE WHEN ")
+                    .bind(start)
+                    .push(" > period_start THEN ")
+                    .bind(cost)
+                    .push(" WHEN ")
+                    .bind(start)
+                    .push(" = period_start THEN used + ")
+                    .bind(cost)
+                    .push(" ELSE used END, period_start = CASE WHEN ")
+                    .bind(start)
+                    .push(" > period_start THEN ")
+                    .bind(start)
+                    .push(" ELSE period_start END, updated_at = ")
+                    .bind(now)
+                    .push(" WHERE owner_type = 'org' AND owner_id = ")
+                    .bind(org.to_string())
+                    .push(" AND provider = ")
+                    .bind(provider);
+            })
+            .await?;
     }
     Ok(())
 }
