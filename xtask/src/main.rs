@@ -8,7 +8,7 @@
 //!   down (Redis), then run the whole workspace's tests.
 //! - `cargo xtask bench`: build the guests, then run the criterion benchmarks.
 //! - `cargo xtask bench-http`: build the guests and a release server, then drive consume with
-//!   a load generator and print req/s and latency percentiles.
+//!   a load generator (itself built for release) and print req/s and latency percentiles.
 
 mod guests;
 mod load;
@@ -85,6 +85,13 @@ fn main() -> Result<()> {
             guests::build(&root)?;
             services::ensure()?;
             test(&root, &args)
+        }
+        Task::BenchHttp { .. } if cfg!(debug_assertions) => {
+            // The load generator shares the cores with the servers it measures: run it
+            // optimised (its dependencies are the release build's, already compiled).
+            let mut cmd = cargo(&root);
+            cmd.args(["run", "--quiet", "--release", "--package", "xtask", "--"]).args(std::env::args().skip(1));
+            run(&mut cmd)
         }
         Task::BenchHttp { users, connections, seconds, port, replicas, binary } => {
             guests::build(&root)?;
