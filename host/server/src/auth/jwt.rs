@@ -5,6 +5,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::verified::{LEEWAY_SECONDS, VerifiedTokens};
+
+/// Verified tokens kept at most ([`VerifiedTokens`]): a few megabytes.
+const KEPT_TOKENS: usize = 16_384;
+
 /// The claims of an access token.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Claims {
@@ -30,6 +35,7 @@ pub struct JwtKeys {
     issuer: String,
     audience: String,
     ttl_seconds: u64,
+    verified: VerifiedTokens,
 }
 
 impl JwtKeys {
@@ -39,7 +45,7 @@ impl JwtKeys {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECONDS;
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -47,6 +53,7 @@ impl JwtKeys {
             issuer: issuer.into(),
             audience: audience.into(),
             ttl_seconds,
+            verified: VerifiedTokens::new(KEPT_TOKENS),
         }
     }
 
@@ -69,9 +76,16 @@ impl JwtKeys {
         Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
     }
 
-    /// Verifies a token; `None` for anything not valid right now.
+    /// Verifies a token; `None` for anything not valid right now. A token verified before is
+    /// answered from [`VerifiedTokens`] until it expires.
     pub fn verify(&self, token: &str) -> Option<Claims> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok().map(|data| data.claims)
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(claims) = self.verified.get(token, now) {
+            return Some(claims);
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?.claims;
+        self.verified.keep(token, &claims);
+        Some(claims)
     }
 }
 
@@ -101,5 +115,20 @@ mod tests {
         claims.exp = 1;
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         assert!(keys.verify(&token).is_none());
+        assert!(keys.verified.is_empty(), "a token that failed is not kept");
+    }
+
+    #[test]
+    fn a_token_verified_once_is_answered_again_and_only_for_itself() {
+        let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef", "iss", "aud", 60);
+        let user = Uuid::now_v7();
+        let token = keys.issue(user, &["user".into()]).unwrap();
+        assert_eq!(keys.verify(&token).unwrap().sub, user);
+        assert_eq!(keys.verified.len(), 1);
+        assert_eq!(keys.verify(&token).unwrap().sub, user, "from the kept claims");
+        let mut tampered = token.clone();
+        tampered.pop();
+        assert!(keys.verify(&tampered).is_none(), "a different string is verified on its own");
+        assert_eq!(keys.verified.len(), 1);
     }
 }
