@@ -53,6 +53,8 @@ impl Application {
         let policies = crate::services::policies::start(engine.clone(), db.clone(), &settings).await?;
         let logins = LoginLimiter::new(login_policy(&engine, &settings)?);
 
+        // The recorder first: the services register their counters with it as they start.
+        let metrics = crate::telemetry::metrics_handle();
         let committed = Arc::new(CommitFeed::new());
         // On a database replicas share, the database decides quotas; on this process's own,
         // its account book does.
@@ -87,7 +89,7 @@ impl Application {
             jwt: Arc::new(jwt),
             logins: Arc::new(logins),
             analytics,
-            metrics: crate::telemetry::metrics_handle(),
+            metrics,
             dummy_hash: Arc::new(hash_password("not a real password".into()).await?),
         });
         let resumed = sagas.resume_pending().await.map_err(|e| anyhow::anyhow!("resuming purchases: {e}"))?;

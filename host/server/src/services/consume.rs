@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::services::accounts::{AccountCell, Accounts, RateState, lock, state_for};
+use crate::services::counters::{ConsumeCounters, Counted};
 use crate::services::policies::{BoundPolicy, BoundQuotaRule, PolicyRegistry, RateBinding};
 use crate::services::reserve::{Attempt, Periods, RateSource, Reserved};
 use crate::services::shared_rate::SharedRate;
@@ -81,6 +82,7 @@ pub struct ConsumeService {
     policies: Arc<PolicyRegistry>,
     ledger: LedgerWriter,
     shared: Option<SharedRate>,
+    counters: ConsumeCounters,
 }
 
 impl ConsumeService {
@@ -92,7 +94,7 @@ impl ConsumeService {
         ledger: LedgerWriter,
         shared: Option<SharedRate>,
     ) -> Self {
-        Self { accounts, policies, ledger, shared }
+        Self { accounts, policies, ledger, shared, counters: ConsumeCounters::register() }
     }
 
     /// The rate policy of a provider, as of now.
@@ -133,7 +135,7 @@ impl ConsumeService {
             Some(rule) => match price(rule, &req, now_ms)? {
                 Ok(cost) => cost,
                 Err(reason) => {
-                    metrics::counter!("leaky_consume_total", "outcome" => "policy_denied").increment(1);
+                    self.counters.outcome(Counted::PolicyDenied);
                     self.ledger.record(event(&req, facts.org_id, now, Outcome::QuotaRejected));
                     return Err(ApiError::PolicyDenied(reason));
                 }
@@ -162,9 +164,8 @@ impl ConsumeService {
                         if let Committed::Spent { user, org } = committed {
                             attempt.adopt(Some(user), org);
                         }
-                        metrics::counter!("leaky_consume_total", "outcome" => "allowed").increment(1);
-                        metrics::counter!("leaky_tokens_consumed_total", "provider" => req.provider.clone())
-                            .increment(req.tokens);
+                        self.counters.outcome(Counted::Allowed);
+                        self.counters.tokens(&req.provider, req.tokens);
                     }
                     Ok(Committed::Refused { scope, standing }) => {
                         // Another replica spent what this one's book still counted as free.
@@ -185,8 +186,8 @@ impl ConsumeService {
                         let quota =
                             QuotaView { limit: standing.limit, used: standing.used, reset_at: standing.reset_at };
                         outcome = ConsumeOutcome::QuotaExhausted { scope: name, quota, rate };
-                        metrics::counter!("leaky_consume_total", "outcome" => "quota_rejected").increment(1);
-                        metrics::counter!("leaky_quota_arbitrated_total").increment(1);
+                        self.counters.outcome(Counted::QuotaRejected);
+                        self.counters.arbitrated();
                         self.ledger.record(event(&req, facts.org_id, now, Outcome::QuotaRejected));
                     }
                     Err(err) => {
@@ -197,11 +198,11 @@ impl ConsumeService {
                 }
             }
             None => {
-                let (label, refusal) = match &outcome {
-                    ConsumeOutcome::RateLimited { .. } => ("rate_limited", Outcome::RateLimited),
-                    _ => ("quota_rejected", Outcome::QuotaRejected),
+                let (counted, refusal) = match &outcome {
+                    ConsumeOutcome::RateLimited { .. } => (Counted::RateLimited, Outcome::RateLimited),
+                    _ => (Counted::QuotaRejected, Outcome::QuotaRejected),
                 };
-                metrics::counter!("leaky_consume_total", "outcome" => label).increment(1);
+                self.counters.outcome(counted);
                 self.ledger.record(event(&req, facts.org_id, now, refusal));
             }
         }

@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod consume;
+pub mod counters;
 pub mod login_limiter;
 pub mod policies;
 pub mod reserve;
