@@ -19,6 +19,8 @@ use crate::events::Event;
 /// Committed batches kept for the relay at most; when it falls further behind, the oldest are
 /// dropped and it reads them from the outbox.
 const KEPT: usize = 64;
+/// Most events handed out at once (consecutive batches are joined up to it).
+const MAX_HANDED: usize = 4096;
 
 /// The events one transaction wrote to the outbox, in `seq` order.
 #[derive(Debug)]
@@ -64,18 +66,29 @@ impl CommitFeed {
         self.wake.notified()
     }
 
-    /// The handed batch that continues right after `cursor` (the last `seq` published), if there
-    /// is one; batches the cursor has passed are dropped.
+    /// The events handed over that continue right after `cursor` (the last `seq` published):
+    /// the batch that starts there and those that follow it without a gap, joined (up to
+    /// [`MAX_HANDED`] events), so a relay that fell a few commits behind catches up in one
+    /// round. Batches the cursor has passed are dropped.
     pub(crate) fn next_after(&self, cursor: i64) -> Option<CommittedEvents> {
         let mut handed = self.handed();
         while handed.front().is_some_and(|b| b.last_seq <= cursor) {
             handed.pop_front();
         }
-        let next = handed.front().is_some_and(|b| b.first_seq == cursor + 1).then(|| handed.pop_front()).flatten();
-        if next.is_some() {
-            self.taken.fetch_add(1, Ordering::Relaxed);
+        if handed.front().is_none_or(|b| b.first_seq != cursor + 1) {
+            return None;
         }
-        next
+        let mut next = handed.pop_front()?;
+        while let Some(following) = handed.front()
+            && following.first_seq == next.last_seq + 1
+            && next.events.len() + following.events.len() <= MAX_HANDED
+        {
+            let following = handed.pop_front()?;
+            next.last_seq = following.last_seq;
+            next.events.extend(following.events);
+        }
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        Some(next)
     }
 
     /// How many handed batches the relay has published without reading the outbox.
@@ -113,12 +126,30 @@ mod tests {
         let feed = CommitFeed::new();
         feed.committed(Some(batch(1, 3)));
         feed.committed(Some(batch(5, 6)));
-        assert_eq!(feed.next_after(0).map(|b| b.last_seq), Some(3));
+        let first = feed.next_after(0).unwrap();
+        assert_eq!((first.first_seq, first.last_seq, first.events.len()), (1, 3, 3));
         assert!(feed.next_after(3).is_none(), "seq 4 was committed by someone else: read the outbox");
         assert_eq!(feed.handed().len(), 1, "the later batch waits");
         assert!(feed.next_after(6).is_none(), "a batch the cursor passed is dropped");
         assert!(feed.handed().is_empty());
         assert_eq!(feed.taken(), 1);
+    }
+
+    #[test]
+    fn batches_without_a_gap_are_handed_out_together() {
+        let feed = CommitFeed::new();
+        feed.committed(Some(batch(1, 3)));
+        feed.committed(Some(batch(4, 4)));
+        feed.committed(Some(batch(5, 9)));
+        feed.committed(Some(batch(11, 12)));
+        let joined = feed.next_after(0).unwrap();
+        assert_eq!((joined.first_seq, joined.last_seq, joined.events.len()), (1, 9, 9));
+        assert!(feed.next_after(9).is_none(), "seq 10 is missing");
+        feed.committed(Some(batch(13, 13 + MAX_HANDED as i64 - 1)));
+        let next = feed.next_after(10).unwrap();
+        assert_eq!((next.last_seq, next.events.len()), (12, 2), "not joined past the most at once");
+        assert_eq!(feed.next_after(12).map(|b| b.events.len()), Some(MAX_HANDED), "one batch may be as big as it is");
+        assert_eq!(feed.taken(), 3);
     }
 
     #[test]
