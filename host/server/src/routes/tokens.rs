@@ -220,19 +220,60 @@ pub struct ConsumeAnswer {
     /// Tokens spent.
     pub tokens: u64,
     /// The user's quota after the spend.
-    #[schema(value_type = Object)]
-    pub quota: serde_json::Value,
+    pub quota: SpentQuota,
     /// The rate limit after the spend.
-    #[schema(value_type = Object)]
-    pub rate_limit: serde_json::Value,
+    pub rate_limit: SpentRate,
 }
 
-fn quota_json(q: &QuotaView) -> serde_json::Value {
-    let mut v = json!({ "limit": q.limit, "used": q.used, "remaining": (q.limit - q.used).max(0) });
-    if let Some(at) = q.reset_at {
-        v["resetAt"] = json!(validate::rfc3339(at));
+/// A user's quota after a spend.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpentQuota {
+    /// Limit of the period.
+    pub limit: i64,
+    /// Spent in the period.
+    pub used: i64,
+    /// Left in the period.
+    pub remaining: i64,
+    /// When the period resets, if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_at: Option<String>,
+    /// The org's quota, if the user is in an org that has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org: Option<OrgQuotaView>,
+}
+
+/// The rate limit after a spend.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpentRate {
+    /// The strategy.
+    pub strategy: String,
+    /// The module and version deciding (`name@version`).
+    pub module: String,
+    /// Most tokens admitted at once.
+    pub capacity: u64,
+    /// Tokens admissible now.
+    pub remaining: u64,
+    /// Milliseconds until fully available again.
+    pub reset_after_ms: u64,
+}
+
+impl SpentQuota {
+    fn of(q: &QuotaView, org: Option<(Uuid, QuotaView)>) -> Self {
+        Self {
+            limit: q.limit,
+            used: q.used,
+            remaining: (q.limit - q.used).max(0),
+            reset_at: q.reset_at.map(validate::rfc3339),
+            org: org.map(|(org_id, org)| OrgQuotaView {
+                org_id,
+                limit: org.limit,
+                used: org.used,
+                remaining: (org.limit - org.used).max(0),
+            }),
+        }
     }
-    v
 }
 
 /// The IETF `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers).
@@ -279,17 +320,19 @@ pub async fn consume(
     let (outcome, policy) = state.consume.consume(request).await?;
     match outcome {
         ConsumeOutcome::Allowed { user, org, rate } => {
-            let mut quota = quota_json(&user);
-            if let Some((org_id, org)) = org {
-                quota["org"] = json!({ "orgId": org_id, "limit": org.limit, "used": org.used, "remaining": (org.limit - org.used).max(0) });
-            }
             let answer = ConsumeAnswer {
                 allowed: true,
                 user_id: body.user_id,
                 provider: body.provider,
                 tokens: body.tokens,
-                quota,
-                rate_limit: json!({ "strategy": &*policy.strategy, "module": format!("{}@{}", policy.module, policy.version), "capacity": rate.limit, "remaining": rate.remaining, "resetAfterMs": rate.reset_after_ms }),
+                quota: SpentQuota::of(&user, org),
+                rate_limit: SpentRate {
+                    strategy: policy.strategy.to_string(),
+                    module: format!("{}@{}", policy.module, policy.version),
+                    capacity: rate.limit,
+                    remaining: rate.remaining,
+                    reset_after_ms: rate.reset_after_ms,
+                },
             };
             Ok((rate_headers(&policy, &rate), axum::Json(answer)).into_response())
         }
