@@ -102,6 +102,19 @@ pub struct RateView {
     pub reset_after_ms: u64,
 }
 
+impl RateView {
+    /// The standing `verdict` gives under `policy`.
+    fn of(policy: &BoundPolicy, verdict: &Verdict) -> Self {
+        Self {
+            strategy: policy.strategy.to_string(),
+            module: format!("{}@{}", policy.module, policy.version),
+            capacity: verdict.limit,
+            remaining: verdict.remaining,
+            reset_after_ms: verdict.reset_after_ms,
+        }
+    }
+}
+
 /// An org quota's standing.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -124,18 +137,9 @@ pub struct QuotaAnswer {
     pub user_id: Uuid,
     /// The provider.
     pub provider: String,
-    /// Limit of the period.
-    pub limit: i64,
-    /// Spent in the period.
-    pub used: i64,
-    /// Left in the period.
-    pub remaining: i64,
-    /// When the period resets, if it does.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reset_at: Option<String>,
-    /// The org's quota, if the user is in an org that has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub org: Option<OrgQuotaView>,
+    /// The quota's standing.
+    #[serde(flatten)]
+    pub standing: QuotaStanding,
     /// The rate limit.
     pub rate_limit: RateView,
 }
@@ -176,18 +180,14 @@ pub async fn quota(
     Ok(axum::Json(QuotaAnswer {
         user_id: user,
         provider: q.provider,
-        limit: quota.limit,
-        used: quota.used,
-        remaining: quota.remaining(),
-        reset_at: quota.reset_at().map(validate::rfc3339),
-        org,
-        rate_limit: RateView {
-            strategy: policy.strategy.to_string(),
-            module: format!("{}@{}", policy.module, policy.version),
-            capacity: verdict.limit,
-            remaining: verdict.remaining,
-            reset_after_ms: verdict.reset_after_ms,
+        standing: QuotaStanding {
+            limit: quota.limit,
+            used: quota.used,
+            remaining: quota.remaining(),
+            reset_at: quota.reset_at().map(validate::rfc3339),
+            org,
         },
+        rate_limit: RateView::of(&policy, &verdict),
     }))
 }
 
@@ -220,15 +220,15 @@ pub struct ConsumeAnswer {
     /// Tokens spent.
     pub tokens: u64,
     /// The user's quota after the spend.
-    pub quota: SpentQuota,
+    pub quota: QuotaStanding,
     /// The rate limit after the spend.
-    pub rate_limit: SpentRate,
+    pub rate_limit: RateView,
 }
 
-/// A user's quota after a spend.
+/// A user's quota: its standing in the period, and its org's.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SpentQuota {
+pub struct QuotaStanding {
     /// Limit of the period.
     pub limit: i64,
     /// Spent in the period.
@@ -243,24 +243,9 @@ pub struct SpentQuota {
     pub org: Option<OrgQuotaView>,
 }
 
-/// The rate limit after a spend.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SpentRate {
-    /// The strategy.
-    pub strategy: String,
-    /// The module and version deciding (`name@version`).
-    pub module: String,
-    /// Most tokens admitted at once.
-    pub capacity: u64,
-    /// Tokens admissible now.
-    pub remaining: u64,
-    /// Milliseconds until fully available again.
-    pub reset_after_ms: u64,
-}
-
-impl SpentQuota {
-    fn of(q: &QuotaView, org: Option<(Uuid, QuotaView)>) -> Self {
+impl QuotaStanding {
+    /// After a spend.
+    fn spent(q: &QuotaView, org: Option<(Uuid, QuotaView)>) -> Self {
         Self {
             limit: q.limit,
             used: q.used,
@@ -325,14 +310,8 @@ pub async fn consume(
                 user_id: body.user_id,
                 provider: body.provider,
                 tokens: body.tokens,
-                quota: SpentQuota::of(&user, org),
-                rate_limit: SpentRate {
-                    strategy: policy.strategy.to_string(),
-                    module: format!("{}@{}", policy.module, policy.version),
-                    capacity: rate.limit,
-                    remaining: rate.remaining,
-                    reset_after_ms: rate.reset_after_ms,
-                },
+                quota: QuotaStanding::spent(&user, org),
+                rate_limit: RateView::of(&policy, &rate),
             };
             Ok((rate_headers(&policy, &rate), axum::Json(answer)).into_response())
         }
