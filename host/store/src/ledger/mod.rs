@@ -184,23 +184,29 @@ async fn run(pool: Pool, arbiter: Arbiter, mut receiver: mpsc::Receiver<Write>, 
         }
         metrics::histogram!("leaky_ledger_commit_seconds").record(started.elapsed().as_secs_f64());
         match result {
-            Ok((answers, seqs)) => {
-                let mut events = Vec::with_capacity(if seqs.is_some() { batch.len() } else { 0 });
+            Ok((answers, last_seq)) => {
+                let mut events = Vec::with_capacity(if last_seq.is_some() { batch.len() } else { 0 });
                 for (write, answer) in batch.drain(..).zip(answers) {
-                    match (write, answer) {
+                    let published = writes_event(&answer);
+                    let event = match (write, answer) {
                         (Write::Debit(debit, done), Some(answer)) => {
-                            if seqs.is_some() && !matches!(answer, Committed::Refused { .. }) {
-                                events.push(debit.event);
-                            }
                             let _ = done.send(Ok(answer));
+                            debit.event
                         }
-                        (Write::Event(event), _) if seqs.is_some() => events.push(event),
-                        _ => {}
+                        (Write::Event(event), None) => event,
+                        // A debit always has an answer and an event never does.
+                        _ => continue,
+                    };
+                    if last_seq.is_some() && published {
+                        events.push(event);
                     }
                 }
-                let handed = seqs
-                    .map(|(first_seq, last_seq)| CommittedEvents { first_seq, last_seq, events })
-                    .filter(|b| usize::try_from(b.last_seq - b.first_seq + 1).ok() == Some(b.events.len()));
+                // The script's events are the `seq`s up to the last one it wrote: it was the
+                // only writer, and `AUTOINCREMENT` numbers rows one after the other.
+                let handed = last_seq.map(|last_seq| {
+                    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+                    CommittedEvents { first_seq: last_seq - count + 1, last_seq, events }
+                });
                 committed.committed(handed);
             }
             Err(err) => {
@@ -226,7 +232,7 @@ fn is_transient(err: &sqlx::Error) -> bool {
 /// granted debits' ledger rows, the counters and the outbox events, one multi-row statement per
 /// table (up to [`MAX_ROWS`] rows each); on SQLite with [`Arbiter::Caller`] as one script
 /// ([`writes`]). The answer has one entry per write (`None` for an event), and, from a script,
-/// the outbox `seq`s of the events written.
+/// the outbox `seq` of the last event written.
 async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Answers, StoreError> {
     let now = now_ms();
     let debits: Vec<&Debit> = batch
@@ -257,10 +263,11 @@ async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Answer
             Write::Debit(d, _) => {
                 let decision =
                     decisions.next().ok_or_else(|| StoreError::Corrupt("a debit lost its decision".into()))?;
-                if !matches!(decision, Committed::Refused { .. }) {
+                let decision = Some(decision);
+                if writes_event(&decision) {
                     events.push(&d.event);
                 }
-                answers.push(Some(decision));
+                answers.push(decision);
             }
             Write::Event(e) => {
                 events.push(e);
@@ -297,31 +304,28 @@ async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Answer
             .await?;
     }
     insert_events(&mut writes, &events, &payloads, now).await?;
-    let script = match writes {
-        Writes::Script(script) => Some(script),
-        Writes::Each { .. } => None,
-    };
-    let seqs = match (script, tx) {
-        // The script's transaction is the only writer, and `AUTOINCREMENT` numbers rows one
-        // after the other from the largest `seq` ever used: its events are the `seq`s up to
-        // the last row it inserted, which is the last outbox row.
-        (Some(script), _) => {
-            let last = writes::run_script(pool, script).await?;
-            let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-            (count > 0).then_some((last - count + 1, last))
-        }
-        (None, Some(tx)) => {
-            tx.commit().await?;
+    let last_seq = match (writes.into_script(), tx) {
+        // The last row the script inserted is its last outbox row.
+        (Some(script), _) => Some(writes::run_script(pool, script).await?).filter(|_| !events.is_empty()),
+        (None, tx) => {
+            if let Some(tx) = tx {
+                tx.commit().await?;
+            }
             None
         }
-        (None, None) => None,
     };
-    Ok((answers, seqs))
+    Ok((answers, last_seq))
 }
 
-/// What a group commit answers: one entry per write, and the first and last outbox `seq` of its
-/// events when they are known to be consecutive.
-type Answers = (Vec<Option<Committed>>, Option<(i64, i64)>);
+/// What a group commit answers: one entry per write, and, from a script, the outbox `seq` of
+/// its last event.
+type Answers = (Vec<Option<Committed>>, Option<i64>);
+
+/// Whether a write with this answer wrote its event to the outbox (every one but a refused
+/// debit).
+fn writes_event(answer: &Option<Committed>) -> bool {
+    !matches!(answer, Some(Committed::Refused { .. }))
+}
 
 /// A quota row as a group commit writes it.
 struct QuotaRow<'a> {

@@ -35,6 +35,14 @@ impl<'q> Writes<'_, 'q> {
         Self::Script(Sql::new(Backend::Sqlite, "BEGIN IMMEDIATE"))
     }
 
+    /// The script, if the statements were collected into one.
+    pub(super) fn into_script(self) -> Option<Sql<'q>> {
+        match self {
+            Self::Script(script) => Some(script),
+            Self::Each { .. } => None,
+        }
+    }
+
     /// The database the statements are for.
     pub(super) fn backend(&self) -> Backend {
         match self {
