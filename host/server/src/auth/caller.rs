@@ -82,7 +82,7 @@ impl FromRequestParts<AppState> for Caller {
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
                 .ok_or(ApiError::Unauthenticated("the Authorization header must be `Bearer <token>`"))?;
             let claims = state.jwt.verify(token.trim()).ok_or(ApiError::Unauthenticated("invalid or expired token"))?;
-            return Ok(Caller { user_id: claims.sub, roles: claims.roles });
+            return Ok(Caller { user_id: claims.sub, roles: claims.roles.clone() });
         }
         if let Some(value) = parts.headers.get("x-api-key") {
             let key = value.to_str().map_err(|_| ApiError::Unauthenticated("invalid API key"))?;

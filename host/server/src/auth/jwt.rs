@@ -2,6 +2,8 @@
 //! accepted, whatever a token's header says.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -78,12 +80,12 @@ impl JwtKeys {
 
     /// Verifies a token; `None` for anything not valid right now. A token verified before is
     /// answered from [`VerifiedTokens`] until it expires.
-    pub fn verify(&self, token: &str) -> Option<Claims> {
+    pub fn verify(&self, token: &str) -> Option<Arc<Claims>> {
         let now = jsonwebtoken::get_current_timestamp();
         if let Some(claims) = self.verified.get(token, now) {
             return Some(claims);
         }
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?.claims;
+        let claims = Arc::new(jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?.claims);
         self.verified.keep(token, &claims);
         Some(claims)
     }

@@ -5,6 +5,8 @@
 //! verified one would. Only tokens that verified are kept, and the key is the whole token, so
 //! no other string can match an entry.
 
+use std::sync::Arc;
+
 use dashmap::DashMap;
 
 use super::jwt::Claims;
@@ -14,7 +16,7 @@ pub const LEEWAY_SECONDS: u64 = 5;
 
 /// Verified tokens, at most `capacity` of them.
 pub struct VerifiedTokens {
-    tokens: DashMap<Box<str>, Claims>,
+    tokens: DashMap<Box<str>, Arc<Claims>>,
     capacity: usize,
 }
 
@@ -26,10 +28,10 @@ impl VerifiedTokens {
     }
 
     /// The claims of `token` if it was verified and has not expired at `now` (seconds).
-    pub fn get(&self, token: &str, now: u64) -> Option<Claims> {
+    pub fn get(&self, token: &str, now: u64) -> Option<Arc<Claims>> {
         let claims = self.tokens.get(token)?;
         if claims.exp.saturating_add(LEEWAY_SECONDS) >= now {
-            return Some(claims.clone());
+            return Some(Arc::clone(&claims));
         }
         drop(claims);
         self.tokens.remove(token);
@@ -37,11 +39,11 @@ impl VerifiedTokens {
     }
 
     /// Keeps a token that verified.
-    pub fn keep(&self, token: &str, claims: &Claims) {
+    pub fn keep(&self, token: &str, claims: &Arc<Claims>) {
         if self.tokens.len() >= self.capacity {
             self.tokens.clear();
         }
-        self.tokens.insert(token.into(), claims.clone());
+        self.tokens.insert(token.into(), Arc::clone(claims));
     }
 
     /// How many tokens are kept.
@@ -62,8 +64,15 @@ mod tests {
     use super::*;
     use uuid::Uuid;
 
-    fn claims(exp: u64) -> Claims {
-        Claims { sub: Uuid::now_v7(), roles: vec!["user".into()], iss: "i".into(), aud: "a".into(), iat: 0, exp }
+    fn claims(exp: u64) -> Arc<Claims> {
+        Arc::new(Claims {
+            sub: Uuid::now_v7(),
+            roles: vec!["user".into()],
+            iss: "i".into(),
+            aud: "a".into(),
+            iat: 0,
+            exp,
+        })
     }
 
     #[test]
