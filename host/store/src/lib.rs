@@ -26,6 +26,7 @@ pub mod kafka;
 pub mod ledger;
 pub mod orgs;
 pub mod outbox;
+mod pg_array;
 pub mod policies;
 pub mod purchases;
 pub mod quotas;

@@ -1,0 +1,90 @@
+//! PostgreSQL array literals (`{"a","b",NULL}`), for a whole column of a batch bound as one text
+//! parameter and cast in the statement (`unnest($1::text[], $2::bigint[])`).
+//!
+//! sqlx's `Any` driver binds no arrays, and a multi-row `VALUES` list gives every batch size a
+//! statement text of its own: PostgreSQL parses and plans each one anew, and the driver spends
+//! a round trip preparing it. With one parameter per column the text is the same whatever the
+//! batch, so the connection keeps it prepared, and the statement runs in one round trip.
+//!
+//! Every text element is double-quoted with `"` and `\` escaped by a backslash, which is how
+//! PostgreSQL's array input reads any string (commas, braces, the word `NULL`, non-ASCII); an
+//! unquoted `NULL` is a null element.
+
+use std::fmt::{self, Display, Write as _};
+
+/// A `text[]` literal of `values` (`None` for a null element).
+pub(crate) fn text_array<T: Display>(values: impl IntoIterator<Item = Option<T>>) -> String {
+    let mut literal = String::from("{");
+    for (i, value) in values.into_iter().enumerate() {
+        if i > 0 {
+            literal.push(',');
+        }
+        match value {
+            None => literal.push_str("NULL"),
+            Some(value) => {
+                literal.push('"');
+                // Writing into a `String` cannot fail.
+                let _ = write!(Escaped(&mut literal), "{value}");
+                literal.push('"');
+            }
+        }
+    }
+    literal.push('}');
+    literal
+}
+
+/// A `bigint[]` literal of `values`.
+pub(crate) fn int_array(values: impl IntoIterator<Item = i64>) -> String {
+    let mut literal = String::from("{");
+    for (i, value) in values.into_iter().enumerate() {
+        if i > 0 {
+            literal.push(',');
+        }
+        let _ = write!(literal, "{value}");
+    }
+    literal.push('}');
+    literal
+}
+
+/// Writes through to a string, escaping what ends or escapes a quoted array element.
+struct Escaped<'a>(&'a mut String);
+
+impl fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        for c in text.chars() {
+            if c == '"' || c == '\\' {
+                self.0.push('\\');
+            }
+            self.0.push(c);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_elements_are_quoted_escaped_and_nulls_are_bare() {
+        let literal = text_array([Some("a,b"), Some(r#"q"x\y"#), None, Some("NULL"), Some("{}"), Some("é")]);
+        assert_eq!(literal, r#"{"a,b","q\"x\\y",NULL,"NULL","{}","é"}"#);
+    }
+
+    #[test]
+    fn empty_arrays_are_braces() {
+        assert_eq!(text_array(std::iter::empty::<Option<&str>>()), "{}");
+        assert_eq!(int_array([]), "{}");
+    }
+
+    #[test]
+    fn integers_are_written_as_they_are() {
+        assert_eq!(int_array([1, -2, i64::MAX, i64::MIN]), format!("{{1,-2,{},{}}}", i64::MAX, i64::MIN));
+    }
+
+    #[test]
+    fn any_display_value_is_written_escaped() {
+        let id = uuid::Uuid::nil();
+        assert_eq!(text_array([Some(id)]), format!("{{\"{id}\"}}"));
+    }
+}
