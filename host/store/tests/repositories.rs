@@ -35,6 +35,7 @@ on_both_databases!(
     the_relay_publishes_every_committed_event_in_order,
     the_running_relay_publishes_handed_over_and_interleaved_events_in_order,
     a_commit_that_fails_part_way_writes_nothing_and_the_next_one_commits,
+    text_a_batch_carries_is_stored_as_it_was_given,
     the_sql_sink_counts_each_event_once,
     a_cancelled_begin_leaves_no_transaction_open,
 );
@@ -490,6 +491,53 @@ async fn a_commit_that_fails_part_way_writes_nothing_and_the_next_one_commits(t:
     writer.debit(debit(owner, None, 1_000)).await.unwrap();
     assert_eq!(stored().await, 2, "the next commit goes through");
     assert_eq!(outbox_rows().await, events + 1);
+}
+
+/// Text of every kind a batch carries (quotes, backslashes, commas, braces, the word NULL,
+/// non-ASCII), beside missing values, is stored as it was given by both arbiters: in the ledger,
+/// the quota rows and the outbox payloads (PostgreSQL receives each column as one array).
+async fn text_a_batch_carries_is_stored_as_it_was_given(t: &TestDb) {
+    let awkward = r#"o"pen,ai\{x} NULL é"#;
+    for arbiter in [Arbiter::Database, Arbiter::Caller] {
+        let owner = user(&t.db, &format!("awkward {arbiter:?}")).await;
+        let writer = LedgerWriter::spawn(t.db.pool().clone(), arbiter, Arc::new(CommitFeed::new()));
+        let debits: Vec<Debit> = (0..4)
+            .map(|i| {
+                let mut d = debit(owner, None, 1_000);
+                d.provider = awkward.into();
+                d.event.provider = awkward.into();
+                d.event.model = (i % 2 == 0).then(|| format!("{awkward} model {i}"));
+                d.request_id = (i % 2 == 1).then(|| format!("{awkward} request {i}"));
+                d
+            })
+            .collect();
+        let answers: Vec<_> = debits
+            .iter()
+            .map(|d| {
+                let (writer, d) = (writer.clone(), d.clone());
+                tokio::spawn(async move { writer.debit(d).await })
+            })
+            .collect();
+        for answer in answers {
+            answer.await.unwrap().unwrap();
+        }
+        assert_eq!(leaky_store::ledger::consumed(t.db.pool(), owner, awkward).await.unwrap(), 4);
+        for i in [1, 3] {
+            let id = format!("{awkward} request {i}");
+            assert!(leaky_store::ledger::has_request(t.db.pool(), &id).await.unwrap(), "{id}");
+        }
+        let quota = quotas::get(t.db.pool(), OwnerType::User, owner, awkward).await.unwrap().unwrap();
+        assert_eq!(quota.used, 4);
+        for d in &debits {
+            let payload: String = sqlx::query_scalar("SELECT payload FROM outbox WHERE event_id = $1")
+                .bind(d.event.id.to_string())
+                .fetch_one(t.db.pool())
+                .await
+                .unwrap();
+            let stored: Event = serde_json::from_str(&payload).unwrap();
+            assert_eq!((stored.provider.as_str(), stored.model.as_deref()), (awkward, d.event.model.as_deref()));
+        }
+    }
 }
 
 async fn the_sql_sink_counts_each_event_once(t: &TestDb) {

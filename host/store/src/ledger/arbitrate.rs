@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::postgres;
 use super::writes::Writes;
 use super::{Committed, Debit, MAX_ROWS, QuotaRow, Scope, Standing, write_quota_rows};
 use crate::quotas::Period;
@@ -68,7 +69,7 @@ pub(super) async fn arbitrate<'a>(
 }
 
 /// A quota row: (owner type, owner id, provider).
-type QuotaKey = (&'static str, Uuid, String);
+pub(super) type QuotaKey = (&'static str, Uuid, String);
 
 /// A locked quota row: its standing, its period and the start of that period as of the commit.
 #[derive(Clone, Copy)]
@@ -138,11 +139,17 @@ async fn read_orgs(
     ids: &[Uuid],
     orgs: &mut Orgs,
 ) -> Result<(), StoreError> {
-    let mut select = Sql::new(backend, "SELECT u.id, u.org_id FROM (");
-    select.values(ids, |row, id| {
-        row.bind(id.to_string());
-    });
-    select.push(") AS w CROSS JOIN users AS u WHERE u.id = w.column1");
+    let select = match backend {
+        Backend::Postgres => postgres::select_orgs(ids),
+        Backend::Sqlite => {
+            let mut select = Sql::new(backend, "SELECT u.id, u.org_id FROM (");
+            select.values(ids, |row, id| {
+                row.bind(id.to_string());
+            });
+            select.push(") AS w CROSS JOIN users AS u WHERE u.id = w.column1");
+            select
+        }
+    };
     for row in select.fetch_all(&mut *tx).await? {
         let id = crate::users::parse_uuid(&row.try_get::<String, _>("id")?)?;
         let org = row.try_get::<Option<String>, _>("org_id")?.as_deref().map(crate::users::parse_uuid).transpose()?;
@@ -159,40 +166,49 @@ async fn lock_rows(
     now: i64,
     standings: &mut BTreeMap<QuotaKey, Locked>,
 ) -> Result<(), StoreError> {
-    // The wanted keys drive the join (SQLite keeps a CROSS JOIN's order), so each row is found
-    // through the primary key.
-    let mut select = Sql::new(
-        backend,
-        "SELECT q.owner_type, q.owner_id, q.provider, q.quota_limit, q.used, q.period, q.period_start FROM (",
-    );
-    select.values(keys, |row, (kind, id, provider)| {
-        row.bind(*kind).bind(id.to_string()).bind(provider.as_str());
-    });
-    select.push(
-        ") AS w CROSS JOIN quotas AS q \
-         WHERE q.owner_type = w.column1 AND q.owner_id = w.column2 AND q.provider = w.column3",
-    );
-    if backend == Backend::Postgres {
-        select.push(" ORDER BY q.owner_type DESC, q.owner_id COLLATE \"C\", q.provider COLLATE \"C\" FOR UPDATE OF q");
-    }
+    let select = match backend {
+        Backend::Postgres => postgres::lock_rows(keys),
+        Backend::Sqlite => {
+            // The wanted keys drive the join (SQLite keeps a CROSS JOIN's order), so each row is
+            // found through the primary key. The transaction holds SQLite's only write lock.
+            let mut select = Sql::new(
+                backend,
+                "SELECT q.owner_type, q.owner_id, q.provider, q.quota_limit, q.used, q.period, q.period_start FROM (",
+            );
+            select.values(keys, |row, (kind, id, provider)| {
+                row.bind(*kind).bind(id.to_string()).bind(provider.as_str());
+            });
+            select.push(
+                ") AS w CROSS JOIN quotas AS q \
+                 WHERE q.owner_type = w.column1 AND q.owner_id = w.column2 AND q.provider = w.column3",
+            );
+            select
+        }
+    };
     for row in select.fetch_all(&mut *tx).await? {
-        let kind = match row.try_get::<String, _>("owner_type")?.as_str() {
-            "user" => "user",
-            _ => "org",
-        };
-        let id = crate::users::parse_uuid(&row.try_get::<String, _>("owner_id")?)?;
-        let period = Period::parse(&row.try_get::<String, _>("period")?)?;
-        let period_start = row.try_get("period_start")?;
-        let standing = Standing {
-            limit: row.try_get("quota_limit")?,
-            used: row.try_get("used")?,
-            period_start,
-            reset_at: period.end(period_start),
-        };
-        let locked = Locked { standing, period, current_start: period.start(now) };
-        standings.insert((kind, id, row.try_get("provider")?), locked);
+        let (key, locked) = parse_locked(&row, now)?;
+        standings.insert(key, locked);
     }
     Ok(())
+}
+
+/// A quota row as read (`owner_type`, `owner_id`, `provider`, `quota_limit`, `used`, `period`,
+/// `period_start`), with the start of its period current at `now`.
+fn parse_locked(row: &sqlx::any::AnyRow, now: i64) -> Result<(QuotaKey, Locked), StoreError> {
+    let kind = match row.try_get::<String, _>("owner_type")?.as_str() {
+        "user" => "user",
+        _ => "org",
+    };
+    let id = crate::users::parse_uuid(&row.try_get::<String, _>("owner_id")?)?;
+    let period = Period::parse(&row.try_get::<String, _>("period")?)?;
+    let period_start = row.try_get("period_start")?;
+    let standing = Standing {
+        limit: row.try_get("quota_limit")?,
+        used: row.try_get("used")?,
+        period_start,
+        reset_at: period.end(period_start),
+    };
+    Ok(((kind, id, row.try_get("provider")?), Locked { standing, period, current_start: period.start(now) }))
 }
 
 /// Decides one debit of a user in `org` against the locked rows, applying it to them when it

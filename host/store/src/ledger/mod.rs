@@ -16,6 +16,7 @@
 //! without reading them ([`tally`]).
 
 mod arbitrate;
+mod postgres;
 mod tally;
 mod writes;
 
@@ -284,25 +285,7 @@ async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Answer
     if arbiter == Arbiter::Caller && !debits.is_empty() {
         tally::tally(&mut writes, &debits, now).await?;
     }
-    for run in granted.chunks(MAX_ROWS) {
-        writes
-            .statement(|sql| {
-                sql.push(
-                    "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ",
-                );
-                sql.values(run, |row, (d, org)| {
-                    row.bind(d.entry_id.to_string())
-                        .bind("consume")
-                        .bind(d.user_id.to_string())
-                        .bind(org.map(|id| id.to_string()))
-                        .bind(d.provider.as_str())
-                        .bind(i64::try_from(d.tokens).unwrap_or(i64::MAX))
-                        .bind(d.request_id.as_deref())
-                        .bind(now);
-                });
-            })
-            .await?;
-    }
+    insert_ledger(&mut writes, &granted, now).await?;
     insert_events(&mut writes, &events, &payloads, now).await?;
     let last_seq = match (writes.into_script(), tx) {
         // The last row the script inserted is its last outbox row.
@@ -327,6 +310,40 @@ fn writes_event(answer: &Option<Committed>) -> bool {
     !matches!(answer, Some(Committed::Refused { .. }))
 }
 
+/// Inserts the ledger rows of the granted debits (each with the org it charged), stamped `now`.
+async fn insert_ledger<'q>(
+    writes: &mut Writes<'_, 'q>,
+    granted: &[(&'q Debit, Option<Uuid>)],
+    now: i64,
+) -> Result<(), StoreError> {
+    if granted.is_empty() {
+        return Ok(());
+    }
+    if writes.backend() == Backend::Postgres {
+        return postgres::insert_ledger(writes, granted, now).await;
+    }
+    for run in granted.chunks(MAX_ROWS) {
+        writes
+            .statement(|sql| {
+                sql.push(
+                    "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ",
+                );
+                sql.values(run, |row, (d, org)| {
+                    row.bind(d.entry_id.to_string())
+                        .bind("consume")
+                        .bind(d.user_id.to_string())
+                        .bind(org.map(|id| id.to_string()))
+                        .bind(d.provider.as_str())
+                        .bind(i64::try_from(d.tokens).unwrap_or(i64::MAX))
+                        .bind(d.request_id.as_deref())
+                        .bind(now);
+                });
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// A quota row as a group commit writes it.
 struct QuotaRow<'a> {
     owner_type: &'static str,
@@ -346,6 +363,12 @@ async fn write_quota_rows<'q>(
     now: i64,
     on_conflict: &str,
 ) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if writes.backend() == Backend::Postgres {
+        return postgres::write_quota_rows(writes, rows, now, on_conflict).await;
+    }
     for run in rows.chunks(MAX_ROWS) {
         writes
             .statement(|sql| {
@@ -389,11 +412,7 @@ async fn insert_events<'q>(
         return Ok(());
     }
     if writes.backend() == Backend::Postgres {
-        writes
-            .statement(|sql| {
-                sql.push("SELECT pg_advisory_xact_lock(").bind(OUTBOX_LOCK).push(")");
-            })
-            .await?;
+        return postgres::insert_events(writes, events, payloads, OUTBOX_LOCK, now).await;
     }
     let rows: Vec<(&Event, &String)> = events.iter().copied().zip(payloads).collect();
     for run in rows.chunks(MAX_ROWS) {
