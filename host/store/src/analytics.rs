@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::bus::BoxFuture;
 use crate::events::Event;
+use crate::pg_array::{int_array, text_array};
 use crate::sql::Sql;
 use crate::{Backend, Pool, StoreError};
 
@@ -113,6 +114,34 @@ fn filtered<'q>(backend: Backend, select: &str, q: &'q ReportQuery) -> Sql<'q> {
     b
 }
 
+const INSERT: &str =
+    "INSERT INTO analytics_events (event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at) ";
+
+/// The insert of `events` on PostgreSQL: one array per column ([`crate::pg_array`]), so the
+/// statement stays prepared whatever the batch.
+fn postgres_insert(events: &[Event]) -> Sql<'static> {
+    let mut insert = Sql::new(Backend::Postgres, INSERT);
+    insert
+        .push("SELECT * FROM unnest(")
+        .bind(text_array(events.iter().map(|e| Some(e.id))))
+        .push("::text[], ")
+        .bind(text_array(events.iter().map(|e| Some(e.user_id))))
+        .push("::text[], ")
+        .bind(text_array(events.iter().map(|e| e.org_id)))
+        .push("::text[], ")
+        .bind(text_array(events.iter().map(|e| Some(&e.provider))))
+        .push("::text[], ")
+        .bind(text_array(events.iter().map(|e| e.model.as_ref())))
+        .push("::text[], ")
+        .bind(int_array(events.iter().map(|e| i64::try_from(e.tokens).unwrap_or(i64::MAX))))
+        .push("::bigint[], ")
+        .bind(text_array(events.iter().map(|e| Some(e.outcome.as_str()))))
+        .push("::text[], ")
+        .bind(int_array(events.iter().map(|e| e.occurred_at)))
+        .push("::bigint[]) ON CONFLICT (event_id) DO NOTHING");
+    insert
+}
+
 impl AnalyticsSink for SqlAnalytics {
     fn record<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
@@ -123,21 +152,24 @@ impl AnalyticsSink for SqlAnalytics {
             // rows it did write are then passed over by their event ids. One statement per
             // batch up to 2,000 events is one round trip to the database.
             for chunk in events.chunks(2000) {
-                let mut insert = Sql::new(
-                    self.backend,
-                    "INSERT INTO analytics_events (event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at) ",
-                );
-                insert.values(chunk, |row, e| {
-                    row.bind(e.id.to_string())
-                        .bind(e.user_id.to_string())
-                        .bind(e.org_id.map(|o| o.to_string()))
-                        .bind(e.provider.clone())
-                        .bind(e.model.clone())
-                        .bind(i64::try_from(e.tokens).unwrap_or(i64::MAX))
-                        .bind(e.outcome.as_str())
-                        .bind(e.occurred_at);
-                });
-                insert.push(" ON CONFLICT (event_id) DO NOTHING");
+                let insert = match self.backend {
+                    Backend::Postgres => postgres_insert(chunk),
+                    Backend::Sqlite => {
+                        let mut insert = Sql::new(self.backend, INSERT);
+                        insert.values(chunk, |row, e| {
+                            row.bind(e.id.to_string())
+                                .bind(e.user_id.to_string())
+                                .bind(e.org_id.map(|o| o.to_string()))
+                                .bind(e.provider.clone())
+                                .bind(e.model.clone())
+                                .bind(i64::try_from(e.tokens).unwrap_or(i64::MAX))
+                                .bind(e.outcome.as_str())
+                                .bind(e.occurred_at);
+                        });
+                        insert.push(" ON CONFLICT (event_id) DO NOTHING");
+                        insert
+                    }
+                };
                 insert.execute(&self.pool).await?;
             }
             Ok(())

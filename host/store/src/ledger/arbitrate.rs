@@ -2,9 +2,9 @@
 //! stored quota counters, so replicas sharing the database, each deciding from its own view,
 //! never spend more than a quota holds together.
 //!
-//! It reads each spending user's org as stored, creates the quota rows of first spends, reads
-//! (and on PostgreSQL locks, in one global order) every quota row the batch touches, decides
-//! each debit in the stored period, and writes the counters back.
+//! It reads each spending user's org as stored, reads (and on PostgreSQL locks, in one global
+//! order) every quota row the batch touches, creates (and locks) the rows of first spends,
+//! decides each debit in the stored period, and writes the counters back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -83,10 +83,12 @@ struct Locked {
 type Orgs = BTreeMap<Uuid, Option<Uuid>>;
 
 /// Reads each spending user's org as stored now (another replica may have just changed it; the
-/// org a debit carries is only what its process last knew), creates the quota rows of users
-/// spending for the first time (with their default limits), then reads, and on PostgreSQL
+/// org a debit carries is only what its process last knew), then reads, and on PostgreSQL
 /// locks, every quota row the batch touches (the users' and their orgs'), in one order for all
-/// replicas (so two batches never wait for each other in a cycle).
+/// replicas (so two batches never wait for each other in a cycle), and last creates and locks
+/// the rows of users spending for the first time (with their default limits). A batch that
+/// waits on another's new row holds no lock that one wants: it took all its others first, and
+/// the database breaks any cycle left, after which the batch is tried again.
 async fn lock_quotas(
     tx: &mut sqlx::AnyConnection,
     debits: &[&Debit],
@@ -108,12 +110,19 @@ async fn lock_quotas(
         }
     }
     // One order for every replica's locks: users before orgs, then by id and provider, byte by
-    // byte (the order of the SELECT below, and of the rows a first spend creates).
+    // byte (the order of the SELECT below).
     let mut keys: Vec<QuotaKey> = keys.into_iter().collect();
     keys.sort_by(|a, b| (a.0 != "user", a.1, &a.2).cmp(&(b.0 != "user", b.1, &b.2)));
-    // First spends: the user's row, with the limit the deciding process knew.
+    let mut standings = BTreeMap::new();
+    for run in keys.chunks(MAX_ROWS) {
+        lock_rows(tx, backend, run, now, &mut standings).await?;
+    }
+    // First spends: a user with no row yet gets one, with the limit the deciding process knew,
+    // and it is locked like the others (another transaction may have created it meanwhile).
+    // Most batches have none, and skip both statements.
     let first: Vec<QuotaRow> = users
         .into_iter()
+        .filter(|((id, provider), _)| !standings.contains_key(&("user", *id, (*provider).to_string())))
         .map(|((id, provider), d)| QuotaRow {
             owner_type: "user",
             owner_id: id,
@@ -124,10 +133,12 @@ async fn lock_quotas(
             period_start: d.user_period_start,
         })
         .collect();
-    write_quota_rows(&mut Writes::Each { conn: &mut *tx, backend }, &first, now, "DO NOTHING").await?;
-    let mut standings = BTreeMap::new();
-    for run in keys.chunks(MAX_ROWS) {
-        lock_rows(tx, backend, run, now, &mut standings).await?;
+    if !first.is_empty() {
+        write_quota_rows(&mut Writes::Each { conn: &mut *tx, backend }, &first, now, "DO NOTHING").await?;
+        let created: Vec<QuotaKey> = first.iter().map(|q| ("user", q.owner_id, q.provider.to_string())).collect();
+        for run in created.chunks(MAX_ROWS) {
+            lock_rows(tx, backend, run, now, &mut standings).await?;
+        }
     }
     Ok((standings, orgs))
 }
