@@ -230,8 +230,9 @@ fn is_transient(err: &sqlx::Error) -> bool {
 }
 
 /// Commits a batch in one transaction: decides the debits (as `arbiter` says) and writes the
-/// granted debits' ledger rows, the counters and the outbox events, one multi-row statement per
-/// table (up to [`MAX_ROWS`] rows each); on SQLite with [`Arbiter::Caller`] as one script
+/// granted debits' ledger rows, the counters and the outbox events, one statement per table
+/// (on SQLite multi-row, up to [`MAX_ROWS`] rows each; on PostgreSQL one array per column:
+/// [`postgres`]); on SQLite with [`Arbiter::Caller`] as one script
 /// ([`writes`]). The answer has one entry per write (`None` for an event), and, from a script,
 /// the outbox `seq` of the last event written.
 async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Answers, StoreError> {

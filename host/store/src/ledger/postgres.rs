@@ -17,15 +17,15 @@ use crate::events::Event;
 use crate::pg_array::{int_array, text_array};
 use crate::sql::Sql;
 
-/// The `id` and `org_id` of the users of `ids`.
+/// The statement reading the `id` and `org_id` of the users of `ids`.
 pub(super) fn select_orgs(ids: &[Uuid]) -> Sql<'static> {
     let mut select = Sql::new(crate::Backend::Postgres, "SELECT id, org_id FROM users WHERE id = ANY(");
     select.bind(text_array(ids.iter().map(Some))).push("::text[])");
     select
 }
 
-/// Reads and locks the quota rows of `keys`, one after the other in `keys`' order (the order
-/// every replica locks in).
+/// The statement reading and locking the quota rows of `keys`, one after the other in `keys`'
+/// order (the order every replica locks in).
 pub(super) fn lock_rows(keys: &[QuotaKey]) -> Sql<'static> {
     // A lateral subquery is run once per key, in the keys' order, through the primary key.
     let mut select = Sql::new(
