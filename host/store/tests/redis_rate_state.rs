@@ -115,3 +115,67 @@ async fn the_breaker_opens_on_an_unreachable_backend_and_answers_at_once() {
     assert!(started.elapsed() < Duration::from_millis(20), "an open circuit does not wait for the backend");
     assert!(guarded.retry_in() > Duration::from_secs(50));
 }
+
+/// A backend that answers a `get` of the key "slow" after 60 ms, any other call after 5 ms, and
+/// a `get` of the key "lost" never.
+struct Slow;
+
+impl SharedRateState for Slow {
+    fn get<'a>(
+        &'a self,
+        key: &'a RateKey,
+    ) -> leaky_store::rate_state::BoxFuture<'a, Result<Option<StoredRate>, RateStateError>> {
+        Box::pin(async move {
+            match key.subject.as_str() {
+                "lost" => std::future::pending::<()>().await,
+                "slow" => tokio::time::sleep(Duration::from_millis(60)).await,
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+            Ok(None)
+        })
+    }
+    fn compare_and_set<'a>(
+        &'a self,
+        _: &'a RateKey,
+        _: Option<&'a StoredRate>,
+        _: &'a StoredRate,
+        _: u64,
+    ) -> leaky_store::rate_state::BoxFuture<'a, Result<bool, RateStateError>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(true)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_call_queued_while_the_backend_answers_others_waits_on_and_a_lost_one_fails_in_time() {
+    // Deadlines of 20 ms; other tasks keep getting answers every 5 ms.
+    let guarded = Arc::new(Guarded::new(
+        Slow,
+        CircuitBreaker::new("slow", 2, Duration::from_secs(60)),
+        Duration::from_millis(20),
+    ));
+    let started = std::time::Instant::now();
+    let busy: Vec<_> = (0..4)
+        .map(|_| {
+            let guarded = Arc::clone(&guarded);
+            tokio::spawn(async move {
+                while started.elapsed() < Duration::from_secs(2) {
+                    guarded.get(&key("busy")).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..3 {
+        assert_eq!(guarded.get(&key("slow")).await.unwrap(), None, "three deadlines, and answered");
+    }
+    assert_eq!(guarded.retry_in(), Duration::ZERO, "the breaker stays closed");
+    // An answer that never comes: the call fails after a bounded wait, answers or not.
+    assert!(matches!(guarded.get(&key("lost")).await, Err(RateStateError::Backend(_))));
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
+    for task in busy {
+        task.await.unwrap();
+    }
+}

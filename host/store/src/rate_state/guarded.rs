@@ -1,30 +1,61 @@
 //! A shared rate state behind a per-call deadline and a circuit breaker.
+//!
+//! The deadline is for the backend's silence, not for one call's wait: a call fails once a
+//! whole deadline passed in which the backend answered nothing at all (dead, hung, or
+//! unreachable). A call that is merely queued behind others, while the backend keeps
+//! answering them (this process saturated under a load spike, say), waits on, deadline after
+//! deadline (up to [`MAX_DEADLINES`]). Counting those as failures opened the breaker under
+//! load alone, and turned every request into a refusal while the backend was healthy.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::breaker::{CircuitBreaker, Permit};
 use super::{BoxFuture, RateKey, RateStateError, SharedRateState, StoredRate};
+
+/// Deadlines a call waits at most while the backend answers others (then it fails anyway: its
+/// own answer was lost).
+const MAX_DEADLINES: u32 = 20;
 
 /// Any backend, with a deadline per call and a breaker in front.
 pub struct Guarded<S> {
     inner: S,
     breaker: CircuitBreaker,
     timeout: Duration,
+    /// Calls the backend has answered, successfully or not, since the start.
+    answered: AtomicU64,
 }
 
 impl<S: SharedRateState> Guarded<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, breaker: CircuitBreaker, timeout: Duration) -> Self {
-        Self { inner, breaker, timeout }
+        Self { inner, breaker, timeout, answered: AtomicU64::new(0) }
     }
 
-    async fn call<T>(&self, call: BoxFuture<'_, Result<T, RateStateError>>) -> Result<T, RateStateError> {
+    async fn call<T>(&self, mut call: BoxFuture<'_, Result<T, RateStateError>>) -> Result<T, RateStateError> {
         if let Permit::Wait(left) = self.breaker.permit() {
             return Err(RateStateError::Open { retry_in_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX) });
         }
-        let result = match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(RateStateError::Backend(format!("no answer within {} ms", self.timeout.as_millis()))),
+        let mut deadlines = 0;
+        let result = loop {
+            deadlines += 1;
+            let answered = self.answered.load(Ordering::Relaxed);
+            match tokio::time::timeout(self.timeout, &mut call).await {
+                Ok(result) => {
+                    self.answered.fetch_add(1, Ordering::Relaxed);
+                    break result;
+                }
+                // The backend answered other calls meanwhile: this one is queued, not lost.
+                Err(_) if deadlines < MAX_DEADLINES && self.answered.load(Ordering::Relaxed) != answered => {
+                    metrics::counter!("leaky_rate_state_slow_calls_total").increment(1);
+                }
+                Err(_) => {
+                    break Err(RateStateError::Backend(format!(
+                        "no answer from the backend within {} ms",
+                        self.timeout.as_millis()
+                    )));
+                }
+            }
         };
         match &result {
             Ok(_) | Err(RateStateError::Corrupt(_)) => self.breaker.success(),
