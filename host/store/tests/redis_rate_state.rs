@@ -87,26 +87,11 @@ async fn concurrent_read_modify_write_loses_no_update() {
 async fn the_breaker_opens_on_an_unreachable_backend_and_answers_at_once() {
     // A backend that never answers: each call hits the deadline, and after two the circuit
     // opens. (A real Redis killed under load is exercised by the server's tests.)
-    struct Silent;
-    impl SharedRateState for Silent {
-        fn get<'a>(
-            &'a self,
-            _: &'a RateKey,
-        ) -> leaky_store::rate_state::BoxFuture<'a, Result<Option<StoredRate>, RateStateError>> {
-            Box::pin(std::future::pending())
-        }
-        fn compare_and_set<'a>(
-            &'a self,
-            _: &'a RateKey,
-            _: Option<&'a StoredRate>,
-            _: &'a StoredRate,
-            _: u64,
-        ) -> leaky_store::rate_state::BoxFuture<'a, Result<bool, RateStateError>> {
-            Box::pin(std::future::pending())
-        }
-    }
-    let guarded =
-        Guarded::new(Silent, CircuitBreaker::new("silent", 2, Duration::from_secs(60)), Duration::from_millis(20));
+    let guarded = Guarded::new(
+        Fake { silent: true },
+        CircuitBreaker::new("silent", 2, Duration::from_secs(60)),
+        Duration::from_millis(20),
+    );
     for _ in 0..2 {
         assert!(matches!(guarded.get(&key("x")).await, Err(RateStateError::Backend(_))), "times out");
     }
@@ -116,33 +101,42 @@ async fn the_breaker_opens_on_an_unreachable_backend_and_answers_at_once() {
     assert!(guarded.retry_in() > Duration::from_secs(50));
 }
 
-/// A backend that answers a `get` of the key "slow" after 60 ms, any other call after 5 ms, and
-/// a `get` of the key "lost" never.
-struct Slow;
+/// A backend that never answers (`silent`), or answers a `get` of the key "slow" after 60 ms,
+/// any other call after 5 ms, and a `get` of the key "lost" never.
+struct Fake {
+    silent: bool,
+}
 
-impl SharedRateState for Slow {
+impl Fake {
+    async fn answer(&self, subject: &str) {
+        match subject {
+            _ if self.silent => std::future::pending::<()>().await,
+            "lost" => std::future::pending::<()>().await,
+            "slow" => tokio::time::sleep(Duration::from_millis(60)).await,
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+impl SharedRateState for Fake {
     fn get<'a>(
         &'a self,
         key: &'a RateKey,
     ) -> leaky_store::rate_state::BoxFuture<'a, Result<Option<StoredRate>, RateStateError>> {
         Box::pin(async move {
-            match key.subject.as_str() {
-                "lost" => std::future::pending::<()>().await,
-                "slow" => tokio::time::sleep(Duration::from_millis(60)).await,
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
+            self.answer(&key.subject).await;
             Ok(None)
         })
     }
     fn compare_and_set<'a>(
         &'a self,
-        _: &'a RateKey,
+        key: &'a RateKey,
         _: Option<&'a StoredRate>,
         _: &'a StoredRate,
         _: u64,
     ) -> leaky_store::rate_state::BoxFuture<'a, Result<bool, RateStateError>> {
         Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.answer(&key.subject).await;
             Ok(true)
         })
     }
@@ -152,7 +146,7 @@ impl SharedRateState for Slow {
 async fn a_call_queued_while_the_backend_answers_others_waits_on_and_a_lost_one_fails_in_time() {
     // Deadlines of 20 ms; other tasks keep getting answers every 5 ms.
     let guarded = Arc::new(Guarded::new(
-        Slow,
+        Fake { silent: false },
         CircuitBreaker::new("slow", 2, Duration::from_secs(60)),
         Duration::from_millis(20),
     ));
