@@ -3,6 +3,10 @@
 //! The relay's progress (the last published `seq`) moves only after the bus accepted a batch,
 //! so a crash in between publishes that batch again; consumers deduplicate by event id.
 //!
+//! Published events stay in the outbox for a while (for an operator replaying a topic by
+//! hand, say), then the relay deletes them ([`prune`]); the outbox keeps only what is not yet
+//! published and the recent past, instead of growing with every request forever.
+//!
 //! On SQLite the relay publishes what the ledger writer hands it after a commit
 //! ([`CommitFeed`]) when that continues exactly where its cursor stands, and reads the outbox
 //! otherwise; either way the cursor moves the same way.
@@ -134,12 +138,31 @@ where
     Ok(())
 }
 
-/// Relays forever: after every ledger commit, and at least every half second.
-pub fn spawn_relay(db: Database, bus: Arc<dyn EventBus>, committed: Arc<CommitFeed>) -> tokio::task::JoinHandle<()> {
+/// How often the running relay deletes published events past their keeping time.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// Most rows one prune statement deletes (so the write connection is never held for long).
+const PRUNE_BATCH: i64 = 5000;
+
+/// Relays forever: after every ledger commit, and at least every half second. Published events
+/// older than `keep_published` are deleted every few seconds.
+pub fn spawn_relay(
+    db: Database,
+    bus: Arc<dyn EventBus>,
+    committed: Arc<CommitFeed>,
+    keep_published: Duration,
+) -> tokio::task::JoinHandle<()> {
     crate::runtime::spawn(async move {
         let mut cursor = None;
+        let mut pruned_at = std::time::Instant::now();
         loop {
             let wake = committed.notified();
+            if pruned_at.elapsed() >= PRUNE_EVERY {
+                pruned_at = std::time::Instant::now();
+                let before = now_ms() - i64::try_from(keep_published.as_millis()).unwrap_or(i64::MAX);
+                if let Err(err) = prune(db.pool(), before).await {
+                    tracing::warn!(error = %err, "cannot prune the outbox; trying again later");
+                }
+            }
             match relay_round(&db, bus.as_ref(), &committed, &mut cursor).await {
                 Ok(n) if n > 0 => continue,
                 Ok(_) => {}
@@ -148,6 +171,33 @@ pub fn spawn_relay(db: Database, bus: Arc<dyn EventBus>, committed: Arc<CommitFe
             let _ = tokio::time::timeout(Duration::from_millis(500), wake).await;
         }
     })
+}
+
+/// Deletes the published events written before `before` (ms since the epoch), from the oldest
+/// on, a few thousand per statement; returns how many. Events after the relay's cursor are
+/// never deleted.
+pub async fn prune(pool: &Pool, before: i64) -> Result<u64, StoreError> {
+    let mut deleted = 0;
+    loop {
+        let done = sqlx::query(
+            // Of the oldest published rows, those written before `before`: each statement reads
+            // at most one batch of rows from the start of the index, however many are kept.
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox \
+             WHERE seq <= (SELECT last_seq FROM outbox_cursor WHERE id = 1) ORDER BY seq LIMIT $2) \
+             AND created_at < $1",
+        )
+        .bind(before)
+        .bind(PRUNE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += done;
+        metrics::counter!("leaky_outbox_pruned_total").increment(done);
+        if done < u64::try_from(PRUNE_BATCH).unwrap_or(u64::MAX) {
+            return Ok(deleted);
+        }
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Events not yet published (for readiness and tests).

@@ -36,6 +36,7 @@ on_both_databases!(
     the_running_relay_publishes_handed_over_and_interleaved_events_in_order,
     a_commit_that_fails_part_way_writes_nothing_and_the_next_one_commits,
     text_a_batch_carries_is_stored_as_it_was_given,
+    published_events_past_their_keeping_time_are_pruned_and_the_rest_kept,
     the_sql_sink_counts_each_event_once,
     a_cancelled_begin_leaves_no_transaction_open,
 );
@@ -418,7 +419,12 @@ async fn the_running_relay_publishes_handed_over_and_interleaved_events_in_order
     let owner = user(&t.db, "handed").await;
     let feed = Arc::new(CommitFeed::new());
     let bus = Arc::new(Recorder::default());
-    let relay = outbox::spawn_relay(t.db.clone(), Arc::clone(&bus) as Arc<dyn EventBus>, Arc::clone(&feed));
+    let relay = outbox::spawn_relay(
+        t.db.clone(),
+        Arc::clone(&bus) as Arc<dyn EventBus>,
+        Arc::clone(&feed),
+        std::time::Duration::from_secs(3600),
+    );
     // As the service runs each database: its book deciding on SQLite, the database on PostgreSQL.
     let sqlite = t.db.backend() == leaky_store::Backend::Sqlite;
     let arbiter = if sqlite { Arbiter::Caller } else { Arbiter::Database };
@@ -538,6 +544,32 @@ async fn text_a_batch_carries_is_stored_as_it_was_given(t: &TestDb) {
             assert_eq!((stored.provider.as_str(), stored.model.as_deref()), (awkward, d.event.model.as_deref()));
         }
     }
+}
+
+/// Pruning deletes published events written before the given time, and never one the relay
+/// has not published yet, nor a published one still inside its keeping time.
+async fn published_events_past_their_keeping_time_are_pruned_and_the_rest_kept(t: &TestDb) {
+    let owner = user(&t.db, "pruned").await;
+    let writer = LedgerWriter::spawn(t.db.pool().clone(), Arbiter::Database, Arc::new(CommitFeed::new()));
+    let outbox_rows =
+        || async { sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox").fetch_one(t.db.pool()).await.unwrap() };
+    for _ in 0..12 {
+        writer.debit(debit(owner, None, 1_000)).await.unwrap();
+    }
+    let bus = Recorder::default();
+    while outbox::relay_once(&t.db, &bus).await.unwrap() > 0 {}
+    assert_eq!(bus.0.lock().unwrap().len(), 12);
+    for _ in 0..3 {
+        writer.debit(debit(owner, None, 1_000)).await.unwrap();
+    }
+    assert_eq!((outbox_rows().await, outbox::pending(t.db.pool()).await.unwrap()), (15, 3));
+
+    assert_eq!(outbox::prune(t.db.pool(), 0).await.unwrap(), 0, "none is older than the epoch");
+    assert_eq!(outbox_rows().await, 15);
+    assert_eq!(outbox::prune(t.db.pool(), now_ms() + 1).await.unwrap(), 12, "every published one");
+    assert_eq!((outbox_rows().await, outbox::pending(t.db.pool()).await.unwrap()), (3, 3), "unpublished ones stay");
+    while outbox::relay_once(&t.db, &bus).await.unwrap() > 0 {}
+    assert_eq!(bus.0.lock().unwrap().len(), 15, "and are published after the prune");
 }
 
 async fn the_sql_sink_counts_each_event_once(t: &TestDb) {
