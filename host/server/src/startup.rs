@@ -62,8 +62,9 @@ impl Application {
         let ledger = LedgerWriter::spawn(db.pool().clone(), arbiter, Arc::clone(&committed));
         let analytics = analytics_sink(&settings, &db).await?;
         let bus = event_bus(&settings.kafka, &analytics).await?;
+        leaky_store::outbox::spawn_relay(db.clone(), bus, committed);
         let keep_published = std::time::Duration::from_secs(settings.database.outbox_keep_published_seconds);
-        leaky_store::outbox::spawn_relay(db.clone(), bus, committed, keep_published);
+        leaky_store::outbox::spawn_pruner(db.clone(), keep_published, leaky_store::outbox::PRUNE_EVERY);
 
         let defaults = settings.clone();
         let accounts = Arc::new(Accounts::new(db.clone(), move |provider| defaults.default_quota(provider)));

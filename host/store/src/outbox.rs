@@ -138,37 +138,40 @@ where
     Ok(())
 }
 
-/// How often the running relay deletes published events past their keeping time.
-const PRUNE_EVERY: Duration = Duration::from_secs(10);
-/// Most rows one prune statement deletes (so the write connection is never held for long).
+/// How often the service deletes published events past their keeping time.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// Most rows one prune statement deletes (so the write connection is never held for long;
+/// other writers take turns between statements).
 const PRUNE_BATCH: i64 = 5000;
 
-/// Relays forever: after every ledger commit, and at least every half second. Published events
-/// older than `keep_published` are deleted every few seconds.
-pub fn spawn_relay(
-    db: Database,
-    bus: Arc<dyn EventBus>,
-    committed: Arc<CommitFeed>,
-    keep_published: Duration,
-) -> tokio::task::JoinHandle<()> {
+/// Relays forever: after every ledger commit, and at least every half second.
+pub fn spawn_relay(db: Database, bus: Arc<dyn EventBus>, committed: Arc<CommitFeed>) -> tokio::task::JoinHandle<()> {
     crate::runtime::spawn(async move {
         let mut cursor = None;
-        let mut pruned_at = std::time::Instant::now();
         loop {
             let wake = committed.notified();
-            if pruned_at.elapsed() >= PRUNE_EVERY {
-                pruned_at = std::time::Instant::now();
-                let before = now_ms() - i64::try_from(keep_published.as_millis()).unwrap_or(i64::MAX);
-                if let Err(err) = prune(db.pool(), before).await {
-                    tracing::warn!(error = %err, "cannot prune the outbox; trying again later");
-                }
-            }
             match relay_round(&db, bus.as_ref(), &committed, &mut cursor).await {
                 Ok(n) if n > 0 => continue,
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "outbox relay failed; retrying"),
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), wake).await;
+        }
+    })
+}
+
+/// Deletes published events older than `keep_published`, `every` so often ([`PRUNE_EVERY`] in
+/// the service), forever: a task of its own, so a long prune never holds up the relay.
+pub fn spawn_pruner(db: Database, keep_published: Duration, every: Duration) -> tokio::task::JoinHandle<()> {
+    crate::runtime::spawn(async move {
+        let mut every = tokio::time::interval(every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let before = now_ms().saturating_sub(i64::try_from(keep_published.as_millis()).unwrap_or(i64::MAX));
+            if let Err(err) = prune(db.pool(), before).await {
+                tracing::warn!(error = %err, "cannot prune the outbox; trying again later");
+            }
         }
     })
 }

@@ -419,12 +419,7 @@ async fn the_running_relay_publishes_handed_over_and_interleaved_events_in_order
     let owner = user(&t.db, "handed").await;
     let feed = Arc::new(CommitFeed::new());
     let bus = Arc::new(Recorder::default());
-    let relay = outbox::spawn_relay(
-        t.db.clone(),
-        Arc::clone(&bus) as Arc<dyn EventBus>,
-        Arc::clone(&feed),
-        std::time::Duration::from_secs(3600),
-    );
+    let relay = outbox::spawn_relay(t.db.clone(), Arc::clone(&bus) as Arc<dyn EventBus>, Arc::clone(&feed));
     // As the service runs each database: its book deciding on SQLite, the database on PostgreSQL.
     let sqlite = t.db.backend() == leaky_store::Backend::Sqlite;
     let arbiter = if sqlite { Arbiter::Caller } else { Arbiter::Database };
@@ -570,6 +565,15 @@ async fn published_events_past_their_keeping_time_are_pruned_and_the_rest_kept(t
     assert_eq!((outbox_rows().await, outbox::pending(t.db.pool()).await.unwrap()), (3, 3), "unpublished ones stay");
     while outbox::relay_once(&t.db, &bus).await.unwrap() > 0 {}
     assert_eq!(bus.0.lock().unwrap().len(), 15, "and are published after the prune");
+
+    // The running pruner, keeping nothing, empties the published outbox by itself.
+    let pruner = outbox::spawn_pruner(t.db.clone(), std::time::Duration::ZERO, std::time::Duration::from_millis(20));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while outbox_rows().await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the pruner did not prune");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    pruner.abort();
 }
 
 async fn the_sql_sink_counts_each_event_once(t: &TestDb) {
