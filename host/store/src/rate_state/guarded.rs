@@ -50,10 +50,8 @@ impl<S: SharedRateState> Guarded<S> {
                     metrics::counter!("leaky_rate_state_slow_calls_total").increment(1);
                 }
                 Err(_) => {
-                    break Err(RateStateError::Backend(format!(
-                        "no answer from the backend within {} ms",
-                        self.timeout.as_millis()
-                    )));
+                    let waited = self.timeout.saturating_mul(deadlines);
+                    break Err(RateStateError::Backend(format!("no answer within {} ms", waited.as_millis())));
                 }
             }
         };
