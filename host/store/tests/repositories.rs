@@ -574,6 +574,24 @@ async fn published_events_past_their_keeping_time_are_pruned_and_the_rest_kept(t
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     pruner.abort();
+
+    // A backlog of several batches, pruned by two pruners at once (two replicas): each row is
+    // deleted once, and neither fails.
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, key, payload, created_at) \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 12000) \
+         SELECT 'backlog ' || i, 'usage', 'k', '{}', 0 FROM n",
+    )
+    .execute(t.db.pool())
+    .await
+    .unwrap();
+    sqlx::query("UPDATE outbox_cursor SET last_seq = (SELECT MAX(seq) FROM outbox) WHERE id = 1")
+        .execute(t.db.pool())
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(outbox::prune(t.db.pool(), 1), outbox::prune(t.db.pool(), 1));
+    assert_eq!(a.unwrap() + b.unwrap(), 12_000);
+    assert_eq!(outbox_rows().await, 0);
 }
 
 async fn the_sql_sink_counts_each_event_once(t: &TestDb) {
