@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::bus::BoxFuture;
 use crate::events::Event;
-use crate::pg_array::{int_array, text_array};
+use crate::pg_array::{ints, texts};
 use crate::sql::Sql;
 use crate::{Backend, Pool, StoreError};
 
@@ -122,23 +122,18 @@ const INSERT: &str =
 fn postgres_insert(events: &[Event]) -> Sql<'static> {
     let mut insert = Sql::new(Backend::Postgres, INSERT);
     insert
-        .push("SELECT * FROM unnest(")
-        .bind(text_array(events.iter().map(|e| Some(e.id))))
-        .push("::text[], ")
-        .bind(text_array(events.iter().map(|e| Some(e.user_id))))
-        .push("::text[], ")
-        .bind(text_array(events.iter().map(|e| e.org_id)))
-        .push("::text[], ")
-        .bind(text_array(events.iter().map(|e| Some(&e.provider))))
-        .push("::text[], ")
-        .bind(text_array(events.iter().map(|e| e.model.as_ref())))
-        .push("::text[], ")
-        .bind(int_array(events.iter().map(|e| i64::try_from(e.tokens).unwrap_or(i64::MAX))))
-        .push("::bigint[], ")
-        .bind(text_array(events.iter().map(|e| Some(e.outcome.as_str()))))
-        .push("::text[], ")
-        .bind(int_array(events.iter().map(|e| e.occurred_at)))
-        .push("::bigint[]) ON CONFLICT (event_id) DO NOTHING");
+        .push("SELECT * FROM ")
+        .unnest([
+            texts(events.iter().map(|e| Some(e.id))),
+            texts(events.iter().map(|e| Some(e.user_id))),
+            texts(events.iter().map(|e| e.org_id)),
+            texts(events.iter().map(|e| Some(&e.provider))),
+            texts(events.iter().map(|e| e.model.as_ref())),
+            ints(events.iter().map(|e| i64::try_from(e.tokens).unwrap_or(i64::MAX))),
+            texts(events.iter().map(|e| Some(e.outcome.as_str()))),
+            ints(events.iter().map(|e| e.occurred_at)),
+        ])
+        .push(" ON CONFLICT (event_id) DO NOTHING");
     insert
 }
 

@@ -12,8 +12,45 @@
 
 use std::fmt::{self, Display, Write as _};
 
+use crate::sql::Sql;
+
+/// One column of a batch as an array literal, with the cast that reads it.
+pub(crate) struct Column {
+    literal: String,
+    cast: &'static str,
+}
+
+/// A `text[]` column of `values` (`None` for a null element).
+pub(crate) fn texts<T: Display>(values: impl IntoIterator<Item = Option<T>>) -> Column {
+    Column { literal: text_array(values), cast: "::text[]" }
+}
+
+/// A `bigint[]` column of `values`.
+pub(crate) fn ints(values: impl IntoIterator<Item = i64>) -> Column {
+    Column { literal: int_array(values), cast: "::bigint[]" }
+}
+
+impl Sql<'_> {
+    /// Appends a placeholder bound to `column`'s literal, cast to its array type.
+    pub(crate) fn array(&mut self, column: Column) -> &mut Self {
+        self.bind(column.literal).push(column.cast)
+    }
+
+    /// Appends `unnest(<array>, ...)` of `columns`, in order.
+    pub(crate) fn unnest(&mut self, columns: impl IntoIterator<Item = Column>) -> &mut Self {
+        self.push("unnest(");
+        for (i, column) in columns.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.array(column);
+        }
+        self.push(")")
+    }
+}
+
 /// A `text[]` literal of `values` (`None` for a null element).
-pub(crate) fn text_array<T: Display>(values: impl IntoIterator<Item = Option<T>>) -> String {
+fn text_array<T: Display>(values: impl IntoIterator<Item = Option<T>>) -> String {
     let mut literal = String::from("{");
     for (i, value) in values.into_iter().enumerate() {
         if i > 0 {
@@ -34,7 +71,7 @@ pub(crate) fn text_array<T: Display>(values: impl IntoIterator<Item = Option<T>>
 }
 
 /// A `bigint[]` literal of `values`.
-pub(crate) fn int_array(values: impl IntoIterator<Item = i64>) -> String {
+fn int_array(values: impl IntoIterator<Item = i64>) -> String {
     let mut literal = String::from("{");
     for (i, value) in values.into_iter().enumerate() {
         if i > 0 {
@@ -80,6 +117,13 @@ mod tests {
     #[test]
     fn integers_are_written_as_they_are() {
         assert_eq!(int_array([1, -2, i64::MAX, i64::MIN]), format!("{{1,-2,{},{}}}", i64::MAX, i64::MIN));
+    }
+
+    #[test]
+    fn unnest_binds_each_column_once_with_its_cast() {
+        let mut sql = Sql::new(crate::Backend::Postgres, "SELECT * FROM ");
+        sql.unnest([texts([Some("a")]), ints([1])]);
+        assert_eq!(sql.text(), "SELECT * FROM unnest($1::text[], $2::bigint[])");
     }
 
     #[test]

@@ -14,13 +14,13 @@ use super::writes::Writes;
 use super::{Debit, QuotaRow};
 use crate::StoreError;
 use crate::events::Event;
-use crate::pg_array::{int_array, text_array};
+use crate::pg_array::{ints, texts};
 use crate::sql::Sql;
 
 /// The statement reading the `id` and `org_id` of the users of `ids`.
 pub(super) fn select_orgs(ids: &[Uuid]) -> Sql<'static> {
     let mut select = Sql::new(crate::Backend::Postgres, "SELECT id, org_id FROM users WHERE id = ANY(");
-    select.bind(text_array(ids.iter().map(Some))).push("::text[])");
+    select.array(texts(ids.iter().map(Some))).push(")");
     select
 }
 
@@ -31,16 +31,16 @@ pub(super) fn lock_rows(keys: &[QuotaKey]) -> Sql<'static> {
     let mut select = Sql::new(
         crate::Backend::Postgres,
         "SELECT q.owner_type, q.owner_id, q.provider, q.quota_limit, q.used, q.period, q.period_start \
-         FROM unnest(",
+         FROM ",
     );
     select
-        .bind(text_array(keys.iter().map(|(kind, _, _)| Some(kind))))
-        .push("::text[], ")
-        .bind(text_array(keys.iter().map(|(_, id, _)| Some(id))))
-        .push("::text[], ")
-        .bind(text_array(keys.iter().map(|(_, _, provider)| Some(provider))))
+        .unnest([
+            texts(keys.iter().map(|(kind, _, _)| Some(kind))),
+            texts(keys.iter().map(|(_, id, _)| Some(id))),
+            texts(keys.iter().map(|(_, _, provider)| Some(provider))),
+        ])
         .push(
-            "::text[]) WITH ORDINALITY AS w(owner_type, owner_id, provider, n) \
+            " WITH ORDINALITY AS w(owner_type, owner_id, provider, n) \
              CROSS JOIN LATERAL (SELECT * FROM quotas AS q WHERE q.owner_type = w.owner_type \
              AND q.owner_id = w.owner_id AND q.provider = w.provider FOR UPDATE) AS q ORDER BY w.n",
         );
@@ -61,21 +61,17 @@ pub(super) async fn write_quota_rows<'q>(
                  SELECT w.*, ",
             )
             .bind(now)
-            .push(" FROM unnest(")
-            .bind(text_array(rows.iter().map(|q| Some(q.owner_type))))
-            .push("::text[], ")
-            .bind(text_array(rows.iter().map(|q| Some(q.owner_id))))
-            .push("::text[], ")
-            .bind(text_array(rows.iter().map(|q| Some(q.provider))))
-            .push("::text[], ")
-            .bind(int_array(rows.iter().map(|q| q.limit)))
-            .push("::bigint[], ")
-            .bind(int_array(rows.iter().map(|q| q.used)))
-            .push("::bigint[], ")
-            .bind(text_array(rows.iter().map(|q| Some(q.period))))
-            .push("::text[], ")
-            .bind(int_array(rows.iter().map(|q| q.period_start)))
-            .push("::bigint[]) AS w ON CONFLICT (owner_type, owner_id, provider) ")
+            .push(" FROM ")
+            .unnest([
+                texts(rows.iter().map(|q| Some(q.owner_type))),
+                texts(rows.iter().map(|q| Some(q.owner_id))),
+                texts(rows.iter().map(|q| Some(q.provider))),
+                ints(rows.iter().map(|q| q.limit)),
+                ints(rows.iter().map(|q| q.used)),
+                texts(rows.iter().map(|q| Some(q.period))),
+                ints(rows.iter().map(|q| q.period_start)),
+            ])
+            .push(" AS w ON CONFLICT (owner_type, owner_id, provider) ")
             .push(on_conflict);
         })
         .await
@@ -94,19 +90,16 @@ pub(super) async fn insert_ledger(
                  SELECT w.entry_id, 'consume', w.user_id, w.org_id, w.provider, w.tokens, w.request_id, ",
             )
             .bind(now)
-            .push(" FROM unnest(")
-            .bind(text_array(granted.iter().map(|(d, _)| Some(d.entry_id))))
-            .push("::text[], ")
-            .bind(text_array(granted.iter().map(|(d, _)| Some(d.user_id))))
-            .push("::text[], ")
-            .bind(text_array(granted.iter().map(|(_, org)| org.as_ref())))
-            .push("::text[], ")
-            .bind(text_array(granted.iter().map(|(d, _)| Some(&d.provider))))
-            .push("::text[], ")
-            .bind(int_array(granted.iter().map(|(d, _)| i64::try_from(d.tokens).unwrap_or(i64::MAX))))
-            .push("::bigint[], ")
-            .bind(text_array(granted.iter().map(|(d, _)| d.request_id.as_deref())))
-            .push("::text[]) AS w(entry_id, user_id, org_id, provider, tokens, request_id)");
+            .push(" FROM ")
+            .unnest([
+                texts(granted.iter().map(|(d, _)| Some(d.entry_id))),
+                texts(granted.iter().map(|(d, _)| Some(d.user_id))),
+                texts(granted.iter().map(|(_, org)| org.as_ref())),
+                texts(granted.iter().map(|(d, _)| Some(&d.provider))),
+                ints(granted.iter().map(|(d, _)| i64::try_from(d.tokens).unwrap_or(i64::MAX))),
+                texts(granted.iter().map(|(d, _)| d.request_id.as_deref())),
+            ])
+            .push(" AS w(entry_id, user_id, org_id, provider, tokens, request_id)");
         })
         .await
 }
@@ -127,15 +120,14 @@ pub(super) async fn insert_events<'q>(
                 .bind(now)
                 .push(" FROM (SELECT pg_advisory_xact_lock(")
                 .bind(lock)
-                .push(")) AS held, unnest(")
-                .bind(text_array(events.iter().map(|e| Some(e.id))))
-                .push("::text[], ")
-                .bind(text_array(events.iter().map(|e| Some(e.topic()))))
-                .push("::text[], ")
-                .bind(text_array(events.iter().map(|e| Some(e.user_id))))
-                .push("::text[], ")
-                .bind(text_array(payloads.iter().map(Some)))
-                .push("::text[]) WITH ORDINALITY AS w(event_id, topic, key, payload, n) ORDER BY w.n");
+                .push(")) AS held, ")
+                .unnest([
+                    texts(events.iter().map(|e| Some(e.id))),
+                    texts(events.iter().map(|e| Some(e.topic()))),
+                    texts(events.iter().map(|e| Some(e.user_id))),
+                    texts(payloads.iter().map(Some)),
+                ])
+                .push(" WITH ORDINALITY AS w(event_id, topic, key, payload, n) ORDER BY w.n");
         })
         .await
 }
