@@ -120,23 +120,24 @@ async fn lock_quotas(
     // First spends: a user with no row yet gets one, with the limit the deciding process knew,
     // and it is locked like the others (another transaction may have created it meanwhile).
     // Most batches have none, and skip both statements.
-    let first: Vec<QuotaRow> = users
-        .into_iter()
-        .filter(|((id, provider), _)| !standings.contains_key(&("user", *id, (*provider).to_string())))
-        .map(|((id, provider), d)| QuotaRow {
-            owner_type: "user",
-            owner_id: id,
-            provider,
-            limit: d.user_limit,
-            used: 0,
-            period: "none",
-            period_start: d.user_period_start,
-        })
-        .collect();
-    if !first.is_empty() {
+    let missing: Vec<QuotaKey> =
+        keys.into_iter().filter(|key| key.0 == "user" && !standings.contains_key(key)).collect();
+    if !missing.is_empty() {
+        let first: Vec<QuotaRow> = missing
+            .iter()
+            .filter_map(|(_, id, provider)| users.get(&(*id, provider.as_str())))
+            .map(|d| QuotaRow {
+                owner_type: "user",
+                owner_id: d.user_id,
+                provider: &d.provider,
+                limit: d.user_limit,
+                used: 0,
+                period: "none",
+                period_start: d.user_period_start,
+            })
+            .collect();
         write_quota_rows(&mut Writes::Each { conn: &mut *tx, backend }, &first, now, "DO NOTHING").await?;
-        let created: Vec<QuotaKey> = first.iter().map(|q| ("user", q.owner_id, q.provider.to_string())).collect();
-        for run in created.chunks(MAX_ROWS) {
+        for run in missing.chunks(MAX_ROWS) {
             lock_rows(tx, backend, run, now, &mut standings).await?;
         }
     }
