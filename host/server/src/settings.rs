@@ -85,7 +85,7 @@ pub struct DatabaseSettings {
     /// Apply pending migrations at start (the embedded default). When false, a database whose
     /// schema is behind this build is refused with a message to run `leaky migrate`.
     pub migrate_on_start: bool,
-    /// How long published events stay in the outbox before the relay deletes them.
+    /// How long published events stay in the outbox before the pruner deletes them.
     pub outbox_keep_published_seconds: u64,
 }
 
