@@ -4,8 +4,9 @@
 //! so a crash in between publishes that batch again; consumers deduplicate by event id.
 //!
 //! Published events stay in the outbox for a while (for an operator replaying a topic by
-//! hand, say), then the relay deletes them ([`prune`]); the outbox keeps only what is not yet
-//! published and the recent past, instead of growing with every request forever.
+//! hand, say), then a pruner task of its own deletes them ([`spawn_pruner`], [`prune`]); the
+//! outbox keeps only what is not yet published and the recent past, instead of growing with
+//! every request forever.
 //!
 //! On SQLite the relay publishes what the ledger writer hands it after a commit
 //! ([`CommitFeed`]) when that continues exactly where its cursor stands, and reads the outbox
