@@ -1,4 +1,10 @@
 //! The analytics sink: records events once each and answers usage reports.
+//!
+//! The SQL sink keeps one row per event (its id is what makes a replay change nothing) and,
+//! through an insert trigger in the same transaction, hourly totals per user, org, provider and
+//! outcome (`analytics_hourly`, migration 0003). A report reads the totals for the whole hours
+//! of its range and the events only for the rest, so neither recording an event nor reading a
+//! month costs a write or a read per event at a random place of an index.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -99,9 +105,18 @@ impl SqlAnalytics {
     }
 }
 
-fn filtered<'q>(backend: Backend, select: &str, q: &'q ReportQuery) -> Sql<'q> {
-    let mut b = Sql::new(backend, select);
-    b.push(" FROM analytics_events WHERE occurred_at >= ").bind(q.from).push(" AND occurred_at < ").bind(q.to);
+/// The length of a bucket of the hourly totals (`analytics_hourly`), ms.
+const HOUR_MS: i64 = 3_600_000;
+
+/// The whole hours within `[from, to)`, as `[first, end)`, when there is at least one.
+fn whole_hours(from: i64, to: i64) -> Option<(i64, i64)> {
+    let first = from + (HOUR_MS - from.rem_euclid(HOUR_MS)) % HOUR_MS;
+    let end = to - to.rem_euclid(HOUR_MS);
+    (first < end).then_some((first, end))
+}
+
+/// Appends the filters of `q` other than its time range.
+fn owner_and_provider<'q>(b: &mut Sql<'q>, q: &'q ReportQuery) {
     if let Some(user) = q.user_id {
         b.push(" AND user_id = ").bind(user.to_string());
     }
@@ -109,8 +124,42 @@ fn filtered<'q>(backend: Backend, select: &str, q: &'q ReportQuery) -> Sql<'q> {
         b.push(" AND org_id = ").bind(org.to_string());
     }
     if let Some(provider) = &q.provider {
-        b.push(" AND provider = ").bind(provider.clone());
+        b.push(" AND provider = ").bind(provider.as_str());
     }
+}
+
+/// `select` over the usage `q` covers, as rows of `(moment, provider, outcome, requests,
+/// tokens)`: the hourly totals for the whole hours of the range, and the events themselves for
+/// the parts before the first whole hour and after the last one (or for all of a range that
+/// holds no whole hour). Every moment falls in the bucket it would as an event: an hour's
+/// total lies at the start of its hour, and hours nest in the series' hours and days.
+fn usage<'q>(backend: Backend, select: &str, q: &'q ReportQuery) -> Sql<'q> {
+    let mut b = Sql::new(backend, select);
+    b.push(
+        " FROM (SELECT occurred_at AS moment, provider, outcome, 1 AS requests, tokens FROM analytics_events WHERE ",
+    );
+    let hours = whole_hours(q.from, q.to);
+    match hours {
+        Some((first, end)) => {
+            b.push("((occurred_at >= ").bind(q.from).push(" AND occurred_at < ").bind(first);
+            b.push(") OR (occurred_at >= ").bind(end).push(" AND occurred_at < ").bind(q.to).push("))");
+        }
+        None => {
+            b.push("occurred_at >= ").bind(q.from).push(" AND occurred_at < ").bind(q.to);
+        }
+    }
+    owner_and_provider(&mut b, q);
+    if let Some((first, end)) = hours {
+        b.push(
+            " UNION ALL SELECT hour_start AS moment, provider, outcome, requests, tokens FROM analytics_hourly \
+             WHERE hour_start >= ",
+        )
+        .bind(first)
+        .push(" AND hour_start < ")
+        .bind(end);
+        owner_and_provider(&mut b, q);
+    }
+    b.push(") AS usage_rows");
     b
 }
 
@@ -173,12 +222,13 @@ impl AnalyticsSink for SqlAnalytics {
 
     fn report<'a>(&'a self, q: &'a ReportQuery) -> BoxFuture<'a, Result<Report, StoreError>> {
         Box::pin(async move {
-            let totals = filtered(
+            let totals = usage(
                 self.backend,
                 "SELECT CAST(COALESCE(SUM(CASE WHEN outcome = 'allowed' THEN tokens END), 0) AS BIGINT) AS tokens, \
-                 CAST(COALESCE(SUM(CASE WHEN outcome = 'allowed' THEN 1 ELSE 0 END), 0) AS BIGINT) AS requests, \
-                 CAST(COALESCE(SUM(CASE WHEN outcome = 'rate_limited' THEN 1 ELSE 0 END), 0) AS BIGINT) AS rate_limited, \
-                 CAST(COALESCE(SUM(CASE WHEN outcome = 'quota_rejected' THEN 1 ELSE 0 END), 0) AS BIGINT) \
+                 CAST(COALESCE(SUM(CASE WHEN outcome = 'allowed' THEN requests END), 0) AS BIGINT) AS requests, \
+                 CAST(COALESCE(SUM(CASE WHEN outcome = 'rate_limited' THEN requests END), 0) AS BIGINT) \
+                 AS rate_limited, \
+                 CAST(COALESCE(SUM(CASE WHEN outcome = 'quota_rejected' THEN requests END), 0) AS BIGINT) \
                  AS quota_rejected",
                 q,
             )
@@ -193,10 +243,11 @@ impl AnalyticsSink for SqlAnalytics {
             // The bucket length is an integer chosen by the server, never user text.
             let bucket = q.bucket_ms.max(1);
             let select = format!(
-                "SELECT (occurred_at / {bucket}) * {bucket} AS start, CAST(SUM(tokens) AS BIGINT) AS tokens, COUNT(*) AS requests"
+                "SELECT (moment / {bucket}) * {bucket} AS start, CAST(SUM(tokens) AS BIGINT) AS tokens, \
+                 CAST(SUM(requests) AS BIGINT) AS requests"
             );
-            let mut series = filtered(self.backend, &select, q);
-            series.push(" AND outcome = 'allowed' GROUP BY start ORDER BY start");
+            let mut series = usage(self.backend, &select, q);
+            series.push(" WHERE outcome = 'allowed' GROUP BY start ORDER BY start");
             let series = series
                 .fetch_all(&self.readers)
                 .await?
@@ -209,12 +260,12 @@ impl AnalyticsSink for SqlAnalytics {
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            let mut by_provider = filtered(
+            let mut by_provider = usage(
                 self.backend,
-                "SELECT provider, CAST(SUM(tokens) AS BIGINT) AS tokens, COUNT(*) AS requests",
+                "SELECT provider, CAST(SUM(tokens) AS BIGINT) AS tokens, CAST(SUM(requests) AS BIGINT) AS requests",
                 q,
             );
-            by_provider.push(" AND outcome = 'allowed' GROUP BY provider ORDER BY provider");
+            by_provider.push(" WHERE outcome = 'allowed' GROUP BY provider ORDER BY provider");
             let by_provider = by_provider
                 .fetch_all(&self.readers)
                 .await?

@@ -12,6 +12,8 @@ use leaky_store::cassandra::CassandraAnalytics;
 use leaky_store::events::{Event, Outcome};
 use uuid::Uuid;
 
+mod common;
+
 const HOUR: i64 = 3_600_000;
 
 fn event(user: Uuid, org: Option<Uuid>, provider: &str, tokens: u64, outcome: Outcome, at: i64) -> Event {
@@ -71,6 +73,34 @@ async fn the_sink_contract(sink: Arc<dyn AnalyticsSink>) {
     narrow.provider = Some("openai".into());
     narrow.to = base + HOUR;
     assert_eq!(sink.report(&narrow).await.unwrap().totals.tokens, 5, "provider and time range filter");
+
+    // Ranges that do not start or end on an hour: the parts outside whole hours are counted
+    // event by event, to the millisecond.
+    let mut within_hours = query(Some(alice), None);
+    (within_hours.from, within_hours.to) = (base + 15, base + HOUR + 25);
+    let report = sink.report(&within_hours).await.unwrap();
+    assert_eq!(report.totals, Totals { tokens: 9, requests: 2, rate_limited: 0, quota_rejected: 0 });
+    assert_eq!(report.series, vec![Bucket { start: base + HOUR, tokens: 9, requests: 2 }]);
+    let mut inside_one_hour = query(Some(alice), None);
+    (inside_one_hour.from, inside_one_hour.to) = (base + HOUR + 15, base + HOUR + 35);
+    assert_eq!(
+        sink.report(&inside_one_hour).await.unwrap().totals,
+        Totals { tokens: 2, requests: 1, rate_limited: 1, quota_rejected: 0 }
+    );
+    let mut by_day = query(None, Some(org));
+    (by_day.from, by_day.to, by_day.bucket_ms) = (base + 5, base + 24 * HOUR + 6, 24 * HOUR);
+    let report = sink.report(&by_day).await.unwrap();
+    assert_eq!(report.totals, Totals { tokens: 18, requests: 4, rate_limited: 1, quota_rejected: 0 });
+    assert_eq!(
+        report.series,
+        vec![
+            Bucket { start: base, tokens: 14, requests: 3 },
+            Bucket { start: base + 24 * HOUR, tokens: 4, requests: 1 }
+        ]
+    );
+    let mut from_the_middle = query(None, Some(org));
+    from_the_middle.from = base + 11;
+    assert_eq!(sink.report(&from_the_middle).await.unwrap().totals.tokens, 13, "the first event is before the range");
 }
 
 #[tokio::test]
@@ -78,6 +108,13 @@ async fn the_sql_sink_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(&format!("sqlite://{}", dir.path().join("a.db").display())).await.unwrap();
     the_sink_contract(Arc::new(SqlAnalytics::new(&db))).await;
+}
+
+#[tokio::test]
+async fn the_sql_sink_keeps_the_contract_on_postgres() {
+    let Some(test) = common::postgres().await else { return };
+    the_sink_contract(Arc::new(SqlAnalytics::new(&test.db))).await;
+    test.finish().await;
 }
 
 #[tokio::test]
