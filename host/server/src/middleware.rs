@@ -9,6 +9,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -17,23 +18,30 @@ use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Wraps the routes in every layer.
-pub fn wrap(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+/// Wraps the routes in every layer and gives them `state`.
+///
+/// Only the metrics layer, which needs the route a request matched, goes on the routes
+/// (`Router::layer` puts a layer on each route, boxed, so every layer there costs each request
+/// a boxed clone and a boxed future). The others wrap the whole router once, in one service
+/// that the outer router's fallback holds; a request passes them in the same order as before,
+/// the request id first.
+pub fn wrap(router: Router<AppState>, state: AppState) -> Router {
     let settings = &state.settings.server;
-    router
-        .layer(axum::middleware::from_fn(record_metrics))
-        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_millis(settings.request_timeout_ms),
-        ))
-        .layer(axum::middleware::map_response(json_errors))
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(settings.request_timeout_ms),
+        ))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes));
+    let routes = router.layer(axum::middleware::from_fn(record_metrics)).with_state(state);
+    Router::new().fallback_service(layers.service(routes))
 }
 
 /// Gives a JSON error body to error answers that have none (the timeout layer's 503), so every

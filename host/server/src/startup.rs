@@ -103,7 +103,7 @@ impl Application {
         let listener = TcpListener::bind(state.settings.server.addr)
             .await
             .with_context(|| format!("cannot listen on {}", state.settings.server.addr))?;
-        let router = crate::middleware::wrap(crate::routes::router(), &state).with_state(state.clone());
+        let router = crate::middleware::wrap(crate::routes::router(), state.clone());
         Ok(Self { listener, router, state })
     }
 
