@@ -1,7 +1,7 @@
 -- Analytics by the hour (see migrations/sqlite/0003_analytics_hourly.sql): reports read hourly
 -- totals kept by an insert trigger, and events only for the part of a range that does not fill
--- whole hours, through an index in time order. The trigger fires only for an event inserted,
--- in the insert's transaction, so the totals count each event id once. `org_id` is '' for a
+-- whole hours, through an index in time order. The trigger counts only the events inserted, in
+-- the insert's transaction, so the totals count each event id once. `org_id` is '' for a
 -- user in no org.
 
 CREATE TABLE analytics_hourly (
@@ -22,18 +22,23 @@ SELECT (occurred_at / 3600000) * 3600000, user_id, COALESCE(org_id, ''), provide
 FROM analytics_events
 GROUP BY 1, 2, 3, 4, 5;
 
+-- One statement-level trigger per insert: its transition table holds the rows the statement
+-- inserted (not those ON CONFLICT passed over), summed per hour in one upsert.
 CREATE FUNCTION analytics_roll_up() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO analytics_hourly (hour_start, user_id, org_id, provider, outcome, requests, tokens)
-    VALUES ((NEW.occurred_at / 3600000) * 3600000, NEW.user_id, COALESCE(NEW.org_id, ''), NEW.provider,
-            NEW.outcome, 1, NEW.tokens)
+    SELECT (occurred_at / 3600000) * 3600000, user_id, COALESCE(org_id, ''), provider, outcome, COUNT(*), SUM(tokens)
+    FROM inserted
+    GROUP BY 1, 2, 3, 4, 5
     ON CONFLICT (hour_start, user_id, org_id, provider, outcome)
-    DO UPDATE SET requests = analytics_hourly.requests + 1, tokens = analytics_hourly.tokens + EXCLUDED.tokens;
+    DO UPDATE SET requests = analytics_hourly.requests + EXCLUDED.requests,
+                  tokens = analytics_hourly.tokens + EXCLUDED.tokens;
     RETURN NULL;
 END
 $$;
 CREATE TRIGGER analytics_roll_up AFTER INSERT ON analytics_events
-    FOR EACH ROW EXECUTE FUNCTION analytics_roll_up();
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION analytics_roll_up();
 
 DROP INDEX analytics_by_user;
 DROP INDEX analytics_by_org;
