@@ -282,3 +282,35 @@ impl AnalyticsSink for SqlAnalytics {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = HOUR_MS;
+
+    #[test]
+    fn whole_hours_are_those_the_range_covers_from_start_to_end() {
+        assert_eq!(whole_hours(0, 3 * H), Some((0, 3 * H)), "aligned at both ends");
+        assert_eq!(whole_hours(1, 3 * H - 1), Some((H, 2 * H)), "a part hour at each end");
+        assert_eq!(whole_hours(H - 1, 2 * H), Some((H, 2 * H)));
+        assert_eq!(whole_hours(1, 2 * H - 1), None, "no hour covered whole");
+        assert_eq!(whole_hours(H, 2 * H - 1), None);
+        assert_eq!(whole_hours(-H - 1, H), Some((-H, H)), "before the epoch too");
+    }
+
+    fn report_text(q: &ReportQuery) -> String {
+        usage(Backend::Postgres, "SELECT 1", q).text().to_string()
+    }
+
+    #[test]
+    fn a_range_of_whole_hours_reads_events_only_at_its_ends_and_totals_between() {
+        let q = ReportQuery { user_id: None, org_id: None, provider: None, from: 10, to: 3 * H + 5, bucket_ms: H };
+        let text = report_text(&q);
+        assert!(text.contains("UNION ALL SELECT hour_start"), "{text}");
+        assert!(text.contains("(occurred_at >= $1 AND occurred_at < $2) OR (occurred_at >= $3 AND occurred_at < $4)"));
+        assert!(text.contains("hour_start >= $5 AND hour_start < $6"), "{text}");
+        let within = ReportQuery { from: 10, to: H - 5, ..q };
+        assert!(!report_text(&within).contains("analytics_hourly"), "a range inside one hour reads only events");
+    }
+}
