@@ -166,6 +166,23 @@ fn usage<'q>(backend: Backend, select: &str, q: &'q ReportQuery) -> Sql<'q> {
 const INSERT: &str =
     "INSERT INTO analytics_events (event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at) ";
 
+/// The insert of `events` on SQLite: one multi-row `VALUES` list, the text bound as borrowed.
+fn sqlite_insert(events: &[Event]) -> Sql<'_> {
+    let mut insert = Sql::new(Backend::Sqlite, INSERT);
+    insert.values(events, |row, e| {
+        row.bind(e.id.to_string())
+            .bind(e.user_id.to_string())
+            .bind(e.org_id.map(|o| o.to_string()))
+            .bind(e.provider.as_str())
+            .bind(e.model.as_deref())
+            .bind(i64::try_from(e.tokens).unwrap_or(i64::MAX))
+            .bind(e.outcome.as_str())
+            .bind(e.occurred_at);
+    });
+    insert.push(" ON CONFLICT (event_id) DO NOTHING");
+    insert
+}
+
 /// The insert of `events` on PostgreSQL: one array per column ([`crate::pg_array`]), so the
 /// statement stays prepared whatever the batch.
 fn postgres_insert(events: &[Event]) -> Sql<'static> {
@@ -198,21 +215,7 @@ impl AnalyticsSink for SqlAnalytics {
             for chunk in events.chunks(2000) {
                 let insert = match self.backend {
                     Backend::Postgres => postgres_insert(chunk),
-                    Backend::Sqlite => {
-                        let mut insert = Sql::new(self.backend, INSERT);
-                        insert.values(chunk, |row, e| {
-                            row.bind(e.id.to_string())
-                                .bind(e.user_id.to_string())
-                                .bind(e.org_id.map(|o| o.to_string()))
-                                .bind(e.provider.clone())
-                                .bind(e.model.clone())
-                                .bind(i64::try_from(e.tokens).unwrap_or(i64::MAX))
-                                .bind(e.outcome.as_str())
-                                .bind(e.occurred_at);
-                        });
-                        insert.push(" ON CONFLICT (event_id) DO NOTHING");
-                        insert
-                    }
+                    Backend::Sqlite => sqlite_insert(chunk),
                 };
                 insert.execute(&self.pool).await?;
             }
