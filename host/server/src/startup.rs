@@ -55,6 +55,7 @@ impl Application {
 
         // The recorder first: the services register their counters with it as they start.
         let metrics = crate::telemetry::metrics_handle();
+        crate::telemetry::spawn_metrics_upkeep(metrics.clone(), crate::telemetry::METRICS_UPKEEP_EVERY);
         let committed = Arc::new(CommitFeed::new());
         // On a database replicas share, the database decides quotas; on this process's own,
         // its account book does.

@@ -1,7 +1,8 @@
-//! Logs (JSON when not on a terminal) and the Prometheus recorder.
+//! Logs (JSON when not on a terminal) and the Prometheus recorder, with its upkeep.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -32,4 +33,24 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// How often the recorder's histograms are drained into their buckets.
+pub const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Drains the recorder's histograms every `every`, forever.
+///
+/// The recorder keeps each observation of a histogram until something drains it: a scrape of
+/// `/metrics`, or this task. Without it a service nobody scrapes would hold every request's
+/// duration in memory (several megabytes a minute under load) and make the first scrape pay for
+/// all of them at once.
+pub fn spawn_metrics_upkeep(handle: PrometheusHandle, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            handle.run_upkeep();
+        }
+    })
 }
