@@ -10,6 +10,7 @@ pub mod cli;
 pub mod error;
 pub mod extract;
 mod middleware;
+mod request_metrics;
 pub mod routes;
 pub mod services;
 pub mod settings;

@@ -1,19 +1,19 @@
 //! Cross-cutting HTTP layers: request ids, a span per request, timeouts, the body limit and the
-//! OpenTelemetry-style HTTP server metrics.
+//! OpenTelemetry-style HTTP server metrics ([`crate::request_metrics`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::request_metrics::{self, RequestDurations};
 use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -40,7 +40,9 @@ pub fn wrap(router: Router<AppState>, state: AppState) -> Router {
             Duration::from_millis(settings.request_timeout_ms),
         ))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes));
-    let routes = router.layer(axum::middleware::from_fn(record_metrics)).with_state(state);
+    let durations = RequestDurations::default();
+    let routes =
+        router.layer(axum::middleware::from_fn_with_state(durations, request_metrics::record)).with_state(state);
     Router::new().fallback_service(layers.service(routes))
 }
 
@@ -60,20 +62,4 @@ async fn json_errors(response: Response) -> Response {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });
     parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Response::from_parts(parts, axum::body::Body::from(body.to_string()))
-}
-
-/// `http_server_request_duration_seconds` by method, route and status.
-async fn record_metrics(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().to_string();
-    let route =
-        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let response = next.run(req).await;
-    let labels = [
-        ("http_request_method", method),
-        ("http_route", route),
-        ("http_response_status_code", response.status().as_u16().to_string()),
-    ];
-    metrics::histogram!("http_server_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
-    response
 }
