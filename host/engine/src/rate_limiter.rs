@@ -37,14 +37,21 @@ pub struct Decision {
     pub state: Words,
 }
 
+/// Whether `name` may name a strategy: 1-64 of `[a-z0-9._-]`. The name goes into answers as it
+/// is (the `RateLimit` header fields quote it), so nothing that needs escaping is accepted.
+fn is_strategy_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 impl RateLimiter {
     /// Wraps a loaded component; asks for its strategy name once, as a smoke test.
     pub(crate) fn new(info: ComponentInfo, pool: InstancePool<rate_api::Guest>) -> Result<Self, LoadError> {
         let strategy = pool
             .call(|store, guest| guest.call_strategy(store))
             .map_err(|e| LoadError::Invalid(format!("`strategy` failed: {e}")))?;
-        if strategy.is_empty() || strategy.len() > 64 {
-            return Err(LoadError::Invalid(format!("`strategy` must be 1-64 bytes, got {:?}", strategy)));
+        if !is_strategy_name(&strategy) {
+            return Err(LoadError::Invalid(format!("`strategy` must be 1-64 of [a-z0-9._-], got {strategy:?}")));
         }
         Ok(Self { inner: Arc::new(Inner { info, strategy, pool }) })
     }
@@ -114,6 +121,16 @@ mod tests {
 
     fn verdict(outcome: Outcome, limit: u64, remaining: u64, retry: u64) -> Verdict {
         Verdict { outcome, limit, remaining, retry_after_ms: retry, reset_after_ms: 0 }
+    }
+
+    #[test]
+    fn strategy_names_need_no_escaping() {
+        for name in ["leaky-bucket", "token_bucket.v2", "a", &"x".repeat(64)] {
+            assert!(is_strategy_name(name), "{name}");
+        }
+        for name in ["", "Leaky", "two words", "quote\"d", "new\nline", "caf\u{e9}", &"x".repeat(65)] {
+            assert!(!is_strategy_name(name), "{name:?}");
+        }
     }
 
     #[test]

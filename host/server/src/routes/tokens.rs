@@ -1,7 +1,7 @@
 //! `/api/v1/tokens/*`: status, quota, consume.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, json};
@@ -261,21 +261,30 @@ impl QuotaStanding {
     }
 }
 
-/// The IETF `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers).
-fn rate_headers(policy: &BoundPolicy, v: &Verdict) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    let name = &policy.strategy;
-    let window = v.reset_after_ms.div_ceil(1000);
-    let values = [
-        ("ratelimit-policy", format!("\"{name}\";q={}", v.limit)),
-        ("ratelimit", format!("\"{name}\";r={};t={window}", v.remaining)),
-    ];
-    for (key, value) in values {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(key), value);
+/// The IETF `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers):
+/// `"<strategy>";q=<limit>` and `"<strategy>";r=<remaining>;t=<seconds to full>`.
+///
+/// Written with `itoa` into one buffer each, as they are on every consume's answer.
+fn rate_headers(policy: &BoundPolicy, v: &Verdict) -> [(HeaderName, HeaderValue); 2] {
+    let field = |parts: &[(&str, u64)]| {
+        let mut text = String::with_capacity(policy.strategy.len() + 32);
+        text.push('"');
+        text.push_str(&policy.strategy);
+        text.push('"');
+        for (name, number) in parts {
+            text.push_str(name);
+            text.push_str(itoa::Buffer::new().format(*number));
         }
-    }
-    headers
+        // A strategy name is 1-64 of `[a-z0-9._-]` (checked when bound), so always valid.
+        HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("\"invalid\""))
+    };
+    [
+        (HeaderName::from_static("ratelimit-policy"), field(&[(";q=", v.limit)])),
+        (
+            HeaderName::from_static("ratelimit"),
+            field(&[(";r=", v.remaining), (";t=", v.reset_after_ms.div_ceil(1000))]),
+        ),
+    ]
 }
 
 /// Spend tokens: admitted only if the provider's rate policy, the user's quota and the org's
