@@ -176,3 +176,26 @@ async fn login_attempts_are_rate_limited_per_username() {
         401
     );
 }
+
+#[tokio::test]
+async fn a_username_no_user_can_have_is_refused_like_an_unknown_one_without_spending_attempts() {
+    let app = spawn_app_with(|s| {
+        s.auth.login_burst = 1;
+        s.auth.login_refill_seconds = 600;
+    })
+    .await;
+    let impossible = ["x".repeat(10_000), "two words".to_string(), "ab".to_string()];
+    for name in &impossible {
+        for _ in 0..3 {
+            let r = app.post("/api/v1/auth/login", None, json!({"username": name, "password": "guess guess"})).await;
+            assert_eq!(r.status(), 401, "{} characters", name.len());
+            assert!(r.headers().contains_key("www-authenticate"));
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "invalid_credentials");
+        }
+    }
+    let unknown = app.post("/api/v1/auth/login", None, json!({"username": "nobody-here", "password": "guess"})).await;
+    assert_eq!(unknown.status(), 401, "a name that could exist has its attempt");
+    let again = app.post("/api/v1/auth/login", None, json!({"username": "nobody-here", "password": "guess"})).await;
+    assert_eq!(again.status(), 429, "and only its one");
+}
