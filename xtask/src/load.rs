@@ -185,6 +185,12 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
             (after.write_bytes - before.write_bytes) as f64 / total,
             (after.cpu_seconds - before.cpu_seconds) / measure.as_secs_f64()
         );
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        println!(
+            "memory:     {:.0} MiB resident at the start of the measured seconds, {:.0} MiB at the end",
+            mib(before.resident_bytes),
+            mib(after.resident_bytes)
+        );
     }
     Ok(())
 }
