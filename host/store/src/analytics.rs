@@ -166,10 +166,11 @@ fn usage<'q>(backend: Backend, select: &str, q: &'q ReportQuery) -> Sql<'q> {
 const INSERT: &str =
     "INSERT INTO analytics_events (event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at) ";
 
-/// The insert of `events` on SQLite: one multi-row `VALUES` list, the text bound as borrowed.
+/// The insert of `events` on SQLite: one `VALUES` list, padded ([`Sql::padded_values`]), the text
+/// bound as borrowed.
 fn sqlite_insert(events: &[Event]) -> Sql<'_> {
     let mut insert = Sql::new(Backend::Sqlite, INSERT);
-    insert.values(events, |row, e| {
+    insert.padded_values(8, events, |row, e| {
         row.bind(e.id.to_string())
             .bind(e.user_id.to_string())
             .bind(e.org_id.map(|o| o.to_string()))

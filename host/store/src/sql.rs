@@ -10,6 +10,9 @@ use sqlx::{Any, Arguments, Encode, Type};
 
 use crate::{Backend, StoreError};
 
+/// [`Sql::padded_values`] pads its rows to a multiple of this many.
+pub const PAD_ROWS: usize = 32;
+
 /// A statement and its arguments.
 pub struct Sql<'q> {
     backend: Backend,
@@ -62,6 +65,38 @@ impl<'q> Sql<'q> {
             row(&mut Tuple { sql: self, first: true }, item);
             self.text.push(')');
         }
+        self
+    }
+
+    /// Appends `SELECT * FROM (VALUES (...), ...) WHERE column1 IS NOT NULL`: the rows of
+    /// [`values`](Self::values), then rows of `columns` parameters bound to NULL up to the next
+    /// multiple of [`PAD_ROWS`], which the `WHERE` drops. The text then depends only on that multiple, not
+    /// on the exact number of rows, so SQLite's prepared program for it is reused from
+    /// connection's statement cache instead of parsed and compiled again for nearly every group
+    /// commit. Each row's first value must not be NULL.
+    pub fn padded_values<I>(
+        &mut self,
+        columns: usize,
+        items: I,
+        row: impl FnMut(&mut Tuple<'_, 'q>, I::Item),
+    ) -> &mut Self
+    where
+        I: IntoIterator,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let items = items.into_iter();
+        let rows = items.len();
+        self.text.push_str("SELECT * FROM (");
+        self.values(items, row);
+        for i in rows..rows.div_ceil(PAD_ROWS).max(1) * PAD_ROWS {
+            self.text.push_str(if i == 0 { "(" } else { ", (" });
+            let mut padding = Tuple { sql: self, first: true };
+            for _ in 0..columns {
+                padding.bind(None::<i64>);
+            }
+            self.text.push(')');
+        }
+        self.text.push_str(") WHERE column1 IS NOT NULL");
         self
     }
 
@@ -141,6 +176,24 @@ mod tests {
     #[test]
     fn placeholders_are_numbered_across_pushes_and_tuples_for_postgres() {
         assert_eq!(statement(Backend::Postgres), "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) WHERE c = $5");
+    }
+
+    #[test]
+    fn padded_values_have_one_text_per_multiple_of_the_padding() {
+        let text = |rows: usize| {
+            let mut sql = Sql::new(Backend::Sqlite, "INSERT INTO t (a, b) ");
+            sql.padded_values(2, (0..rows).map(|i| i as i64), |row, a| {
+                row.bind(a).bind(a);
+            });
+            sql.text().to_string()
+        };
+        assert_eq!(text(1), text(PAD_ROWS));
+        assert_eq!(text(0), text(PAD_ROWS), "no rows still makes a valid statement");
+        assert_ne!(text(PAD_ROWS), text(PAD_ROWS + 1));
+        assert_eq!(text(PAD_ROWS + 1), text(2 * PAD_ROWS));
+        let two = text(2);
+        assert!(two.starts_with("INSERT INTO t (a, b) SELECT * FROM (VALUES (?, ?), (?, ?), (?, ?), "), "{two}");
+        assert!(two.ends_with("(?, ?)) WHERE column1 IS NOT NULL"), "{two}");
     }
 
     #[test]

@@ -329,7 +329,7 @@ async fn insert_ledger<'q>(
                 sql.push(
                     "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ",
                 );
-                sql.values(run, |row, (d, org)| {
+                sql.padded_values(8, run, |row, (d, org)| {
                     row.bind(d.entry_id.to_string())
                         .bind("consume")
                         .bind(d.user_id.to_string())
@@ -376,7 +376,7 @@ async fn write_quota_rows<'q>(
                 sql.push(
                     "INSERT INTO quotas (owner_type, owner_id, provider, quota_limit, used, period, period_start, updated_at) ",
                 );
-                sql.values(run, |row, q| {
+                sql.padded_values(8, run, |row, q| {
                     row.bind(q.owner_type)
                         .bind(q.owner_id.to_string())
                         .bind(q.provider)
@@ -420,7 +420,7 @@ async fn insert_events<'q>(
         writes
             .statement(|sql| {
                 sql.push("INSERT INTO outbox (event_id, topic, key, payload, created_at) ");
-                sql.values(run, |row, (e, payload)| {
+                sql.padded_values(5, run, |row, (e, payload)| {
                     row.bind(e.id.to_string())
                         .bind(e.topic())
                         .bind(e.user_id.to_string())
