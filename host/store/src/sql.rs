@@ -70,10 +70,10 @@ impl<'q> Sql<'q> {
 
     /// Appends `SELECT * FROM (VALUES (...), ...) WHERE column1 IS NOT NULL`: the rows of
     /// [`values`](Self::values), then rows of `columns` parameters bound to NULL up to the next
-    /// multiple of [`PAD_ROWS`], which the `WHERE` drops. The text then depends only on that multiple, not
-    /// on the exact number of rows, so SQLite's prepared program for it is reused from
-    /// connection's statement cache instead of parsed and compiled again for nearly every group
-    /// commit. Each row's first value must not be NULL.
+    /// multiple of [`PAD_ROWS`], which the `WHERE` drops. The text then depends only on that
+    /// multiple, not on the exact number of rows, so SQLite's compiled program for it is reused
+    /// from the connection's statement cache instead of parsed and compiled again for nearly
+    /// every group commit. Each row must bind `columns` values, the first of them not NULL.
     pub fn padded_values<I>(
         &mut self,
         columns: usize,
