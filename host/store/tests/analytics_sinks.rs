@@ -101,6 +101,18 @@ async fn the_sink_contract(sink: Arc<dyn AnalyticsSink>) {
     let mut from_the_middle = query(None, Some(org));
     from_the_middle.from = base + 11;
     assert_eq!(sink.report(&from_the_middle).await.unwrap().totals.tokens, 13, "the first event is before the range");
+
+    // A batch bigger than one statement takes (the SQL sink writes 2,000 rows a statement,
+    // padded to a multiple of 32), recorded twice: each event once.
+    let carol = Uuid::now_v7();
+    let many: Vec<Event> =
+        (0..4_517).map(|i| event(carol, None, "openai", 1 + i % 3, Outcome::Allowed, base + 10 + i as i64)).collect();
+    sink.record(&many).await.unwrap();
+    sink.record(&many[1_000..]).await.unwrap();
+    let report = sink.report(&query(Some(carol), None)).await.unwrap();
+    let tokens: u64 = many.iter().map(|e| e.tokens).sum();
+    assert_eq!(report.totals.requests, 4_517);
+    assert_eq!(report.totals.tokens, i64::try_from(tokens).unwrap());
 }
 
 #[tokio::test]
