@@ -269,6 +269,9 @@ pub struct QuotaSettings {
     pub default_limit: u64,
     /// Per-provider overrides of `default_limit`.
     pub providers: BTreeMap<String, u64>,
+    /// Accounts (user and provider) the in-memory book holds before it drops the idle ones
+    /// (then again at twice what it kept).
+    pub book_sweep_at: usize,
 }
 
 /// `telemetry.*`
@@ -340,7 +343,7 @@ impl Default for BucketSettings {
 
 impl Default for QuotaSettings {
     fn default() -> Self {
-        Self { default_limit: 100_000, providers: BTreeMap::new() }
+        Self { default_limit: 100_000, providers: BTreeMap::new(), book_sweep_at: 65_536 }
     }
 }
 

@@ -68,7 +68,11 @@ impl Application {
         leaky_store::outbox::spawn_pruner(db.clone(), keep_published, leaky_store::outbox::PRUNE_EVERY);
 
         let defaults = settings.clone();
-        let accounts = Arc::new(Accounts::new(db.clone(), move |provider| defaults.default_quota(provider)));
+        let accounts = Arc::new(Accounts::new(
+            db.clone(),
+            move |provider| defaults.default_quota(provider),
+            settings.quota.book_sweep_at,
+        ));
         let shared = shared_rate_state(&settings.redis).await?;
         let consume = Arc::new(ConsumeService::new(Arc::clone(&accounts), Arc::clone(&policies), ledger, shared));
         let sagas = Arc::new(Sagas::new(db.pool().clone(), Arc::clone(&accounts)));

@@ -6,11 +6,22 @@
 //! inside, so the critical section is a few microseconds. The database is the durable copy:
 //! accounts are loaded from it on first use, and every applied debit is committed to it (by
 //! the ledger writer) before the caller is answered; a debit whose commit fails is undone.
+//!
+//! The book does not keep every account for ever. Once it holds more than its threshold, a
+//! sweep ([`Accounts::sweep`]) drops the accounts no request holds whose state the caller
+//! calls settled (the decision service: a rate state that is full again). Such an account is
+//! just what a load from the database gives back: no request holds it, so every debit made
+//! through it has committed. A load races with a sweep only this way: it reads the stored
+//! quota, a request creates the account meanwhile and spends through it, a sweep drops it, and
+//! the load would insert its older reading. So sweeps are counted, odd while one runs, and a
+//! load keeps its reading only when no sweep began since before it read.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use leaky_engine::Words;
 use leaky_store::Database;
 use leaky_store::quotas::{self, OwnerType, Period, Quota};
@@ -81,6 +92,16 @@ pub struct Accounts {
     orgs: DashMap<(Uuid, String), Option<OrgCell>>,
     facts: DashMap<Uuid, (UserFacts, Instant)>,
     default_limit: Box<dyn Fn(&str) -> u64 + Send + Sync>,
+    /// Sweeps begun and ended: odd while one runs.
+    sweeps: AtomicU64,
+    /// Accounts in `users`, kept beside it so that asking costs no shard locks.
+    held: AtomicUsize,
+    /// Accounts held when the next sweep is due.
+    sweep_at: AtomicUsize,
+    /// The least `sweep_at` ever is.
+    first_sweep_at: usize,
+    /// Accounts dropped by sweeps.
+    evicted: AtomicU64,
 }
 
 /// Locks a mutex, recovering from poisoning (a panic elsewhere never wedges an account).
@@ -89,15 +110,61 @@ pub fn lock<T>(cell: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Accounts {
-    /// A book over the database; `default_limit` gives a new user's quota for a provider.
-    pub fn new(db: Database, default_limit: impl Fn(&str) -> u64 + Send + Sync + 'static) -> Self {
+    /// A book over the database; `default_limit` gives a new user's quota for a provider. A
+    /// sweep is due once it holds `sweep_at` accounts (at least 1), then once it holds twice
+    /// what the last sweep kept.
+    pub fn new(db: Database, default_limit: impl Fn(&str) -> u64 + Send + Sync + 'static, sweep_at: usize) -> Self {
+        let sweep_at = sweep_at.max(1);
         Self {
             db,
             users: DashMap::new(),
             orgs: DashMap::new(),
             facts: DashMap::new(),
             default_limit: Box::new(default_limit),
+            sweeps: AtomicU64::new(0),
+            held: AtomicUsize::new(0),
+            sweep_at: AtomicUsize::new(sweep_at),
+            first_sweep_at: sweep_at,
+            evicted: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the book holds enough accounts for a sweep.
+    pub fn sweep_due(&self) -> bool {
+        self.held.load(Ordering::Relaxed) >= self.sweep_at.load(Ordering::Relaxed)
+    }
+
+    /// Drops every account that no request holds and whose state `settled` (given the provider
+    /// and the account) says a fresh load would equal; returns how many. A sweep already
+    /// running makes this one return 0 at once.
+    pub fn sweep(&self, settled: impl Fn(&str, &Account) -> bool) -> usize {
+        let begun = self.sweeps.load(Ordering::Acquire);
+        if begun % 2 == 1
+            || self.sweeps.compare_exchange(begun, begun + 1, Ordering::AcqRel, Ordering::Acquire).is_err()
+        {
+            return 0;
+        }
+        let mut dropped = 0;
+        // The map's shard is locked for writing here, so nobody can take a new reference to a
+        // cell meanwhile; a count of one is the map's own.
+        self.users.retain(|(_, provider), cell| {
+            let keep = Arc::strong_count(cell) > 1 || !settled(provider, &lock(cell));
+            dropped += usize::from(!keep);
+            keep
+        });
+        self.sweeps.fetch_add(1, Ordering::AcqRel);
+        self.held.fetch_sub(dropped, Ordering::Relaxed);
+        let kept = self.users.len();
+        self.sweep_at.store(self.first_sweep_at.max(kept.saturating_mul(2)), Ordering::Relaxed);
+        self.evicted.fetch_add(dropped as u64, Ordering::Relaxed);
+        metrics::counter!("leaky_accounts_evicted_total").increment(dropped as u64);
+        metrics::gauge!("leaky_accounts_kept").set(kept as f64);
+        dropped
+    }
+
+    /// Accounts dropped by sweeps so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Facts about a user; `None` when there is no such user. On a shared database they are
@@ -130,23 +197,54 @@ impl Accounts {
     /// (the row is created by the first committed debit or credit, so a new user costs no write).
     pub async fn account(&self, user: Uuid, provider: &str) -> Result<AccountCell, ApiError> {
         let key = (user, provider.to_string());
-        if let Some(cell) = self.users.get(&key) {
-            return Ok(Arc::clone(&cell));
+        loop {
+            if let Some(cell) = self.users.get(&key) {
+                return Ok(Arc::clone(&cell));
+            }
+            let Some(sweeps) = self.sweeps_between() else {
+                tokio::task::yield_now().await;
+                continue;
+            };
+            let quota = self.stored_quota(user, provider).await?;
+            if let Some(cell) = self.keep_loaded(&key, quota, sweeps) {
+                return Ok(cell);
+            }
         }
-        let limit = i64::try_from((self.default_limit)(provider)).unwrap_or(i64::MAX);
-        let fresh = Quota {
+    }
+
+    /// The count of sweeps, when none is running.
+    fn sweeps_between(&self) -> Option<u64> {
+        Some(self.sweeps.load(Ordering::Acquire)).filter(|sweeps| sweeps % 2 == 0)
+    }
+
+    /// The stored quota of (user, provider), or the default for a first use.
+    async fn stored_quota(&self, user: Uuid, provider: &str) -> Result<Quota, ApiError> {
+        let stored = quotas::get(self.db.readers(), OwnerType::User, user, provider).await?;
+        Ok(stored.unwrap_or_else(|| Quota {
             owner_type: OwnerType::User,
             owner_id: user,
             provider: provider.to_string(),
-            limit,
+            limit: i64::try_from((self.default_limit)(provider)).unwrap_or(i64::MAX),
             used: 0,
             period: Period::None,
             period_start: 0,
-        };
-        let quota = quotas::get(self.db.readers(), OwnerType::User, user, provider).await?.unwrap_or(fresh);
-        let cell =
-            self.users.entry(key).or_insert_with(|| Arc::new(Mutex::new(Account { rate: None, shadow: None, quota })));
-        Ok(Arc::clone(&cell))
+        }))
+    }
+
+    /// The account of `key` after a load read `quota` when the sweep count was `sweeps`: the
+    /// account already in the book, else a new one with `quota`, unless a sweep began since the
+    /// read (it may have dropped an account spent through after it); then `None`: read again.
+    fn keep_loaded(&self, key: &(Uuid, String), quota: Quota, sweeps: u64) -> Option<AccountCell> {
+        match self.users.entry(key.clone()) {
+            Entry::Occupied(cell) => Some(Arc::clone(cell.get())),
+            Entry::Vacant(_) if self.sweeps.load(Ordering::Acquire) != sweeps => None,
+            Entry::Vacant(slot) => {
+                let cell = Arc::new(Mutex::new(Account { rate: None, shadow: None, quota }));
+                slot.insert(Arc::clone(&cell));
+                self.held.fetch_add(1, Ordering::Relaxed);
+                Some(cell)
+            }
+        }
     }
 
     /// The quota of (org, provider), if the org has one.
@@ -216,5 +314,57 @@ impl Accounts {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn book(sweep_at: usize) -> (Accounts, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&format!("sqlite://{}", dir.path().join("book.db").display())).await.unwrap();
+        (Accounts::new(db, |_| 100, sweep_at), dir)
+    }
+
+    #[tokio::test]
+    async fn a_sweep_drops_idle_settled_accounts_and_keeps_those_in_use() {
+        let (book, _dir) = book(3).await;
+        let (alice, bob, carol) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let in_use = book.account(alice, "openai").await.unwrap();
+        drop(book.account(bob, "openai").await.unwrap());
+        assert!(!book.sweep_due());
+        drop(book.account(carol, "openai").await.unwrap());
+        assert!(book.sweep_due());
+        // Carol's state is not settled (say, her rate state is still refilling).
+        assert_eq!(book.sweep(|_, account| account.quota.owner_id != carol), 1, "only bob's");
+        assert_eq!(book.evicted(), 1);
+        assert!(Arc::ptr_eq(&in_use, &book.account(alice, "openai").await.unwrap()), "alice's is the same");
+        assert!(!book.sweep_due(), "next due at twice what was kept");
+        drop(in_use);
+        assert_eq!(book.sweep(|_, _| true), 2);
+    }
+
+    #[tokio::test]
+    async fn a_load_that_a_sweep_overtook_reads_the_quota_again() {
+        let (book, _dir) = book(1).await;
+        let (user, provider) = (Uuid::now_v7(), "openai");
+        let key = (user, provider.to_string());
+
+        // A load reads the stored quota (nothing spent yet) ...
+        let sweeps = book.sweeps_between().unwrap();
+        let stale = book.stored_quota(user, provider).await.unwrap();
+        // ... meanwhile another request creates the account, spends through it, and a sweep
+        // drops it once that request is done.
+        let other = book.account(user, provider).await.unwrap();
+        lock(&other).quota.used = 7;
+        drop(other);
+        assert_eq!(book.sweep(|_, _| true), 1);
+        // The load must not put its older reading in the book.
+        assert!(book.keep_loaded(&key, stale.clone(), sweeps).is_none());
+        // Without a sweep in between, a load keeps what it read, or the account already there.
+        let sweeps = book.sweeps_between().unwrap();
+        let kept = book.keep_loaded(&key, stale.clone(), sweeps).unwrap();
+        assert!(Arc::ptr_eq(&kept, &book.keep_loaded(&key, stale, sweeps).unwrap()));
     }
 }

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use leaky_engine::{Charge, Usage, Verdict, Words};
+use leaky_engine::{Charge, Request, Usage, Verdict, Words};
 use leaky_store::events::{Event, Outcome};
 use leaky_store::ledger::{Committed, LedgerWriter, Scope};
 use uuid::Uuid;
@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::services::accounts::{AccountCell, Accounts, RateState, lock, state_for};
 use crate::services::counters::{ConsumeCounters, Counted};
-use crate::services::policies::{BoundPolicy, BoundQuotaRule, PolicyRegistry, RateBinding};
+use crate::services::policies::{BoundPolicy, BoundQuotaRule, PolicyRegistry, PolicySet, RateBinding};
 use crate::services::reserve::{Attempt, Periods, RateSource, Reserved};
 use crate::services::shared_rate::SharedRate;
 
@@ -206,7 +206,32 @@ impl ConsumeService {
                 self.ledger.record(event(&req, facts.org_id, now, refusal));
             }
         }
+        drop(account);
+        if self.accounts.sweep_due() {
+            self.sweep_accounts(&set, now_ms);
+        }
         Ok((outcome, policy))
+    }
+
+    /// Drops the book's idle accounts: those whose rate states are full again at `now_ms`
+    /// under the policies of `set`, so that loading them afresh gives the same decisions.
+    fn sweep_accounts(&self, set: &PolicySet, now_ms: u64) {
+        let probe = Request { tokens: 0, now_ms };
+        let settled = |state: Option<&RateState>, policy: Option<&Arc<BoundPolicy>>| match (state, policy) {
+            (None, _) | (Some(_), None) => true,
+            // Another strategy's state is dropped at its next use anyway.
+            (Some(state), Some(policy)) if state.strategy != policy.strategy => true,
+            (Some(state), Some(policy)) => policy
+                .limiter
+                .decide(&policy.config, Some(state.words), probe)
+                .is_ok_and(|decision| decision.verdict.remaining >= decision.verdict.limit),
+        };
+        let dropped = self.accounts.sweep(|provider, account| {
+            let binding = set.rate_for(provider);
+            settled(account.rate.as_ref(), Some(binding.local()))
+                && settled(account.shadow.as_ref(), binding.shadow.as_ref())
+        });
+        tracing::debug!(dropped, "swept idle accounts from the book");
     }
 
     /// Decides with the local book or the shared rate state.

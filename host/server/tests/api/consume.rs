@@ -279,3 +279,81 @@ async fn a_failed_commit_is_503_and_spends_nothing() {
     assert!(quota["rateLimit"]["remaining"].as_u64().unwrap() >= 995, "and its rate capacity: {quota}");
     assert_eq!(leaky_store::ledger::consumed(&app.pool, user.id, "openai").await.unwrap(), 5);
 }
+
+#[tokio::test]
+async fn accounts_dropped_from_the_book_under_load_never_let_a_quota_be_overspent() {
+    // 100 accounts (10 users, 10 providers) with 10 tokens each, 2,000 one-token requests at
+    // once, and a sweep due whenever the book holds twice what the last sweep kept (at least
+    // two): idle accounts are dropped and loaded again all through the run, while others have
+    // debits in flight.
+    let app = spawn_app_with(|s| {
+        no_rate_limit(s);
+        s.quota.default_limit = 10;
+        s.quota.book_sweep_at = 2;
+    })
+    .await;
+    let mut users = Vec::new();
+    for _ in 0..10 {
+        users.push(app.user().await);
+    }
+    let providers: Vec<String> = (0..10).map(|p| format!("provider-{p}")).collect();
+    let tasks: Vec<_> = (0..2000)
+        .map(|i| {
+            let (client, url) = (app.client.clone(), app.url("/api/v1/tokens/consume"));
+            let (user, provider) = (users[i % 10].clone(), providers[(i / 10) % 10].clone());
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(&user.token)
+                    .json(&json!({"userId": user.id, "provider": provider, "tokens": 1}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        *statuses.entry(t.await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, [(200, 1000), (429, 1000)].into(), "10 tokens granted per account, no more");
+    for user in &users {
+        for provider in &providers {
+            assert_eq!(leaky_store::ledger::consumed(&app.pool, user.id, provider).await.unwrap(), 10);
+            let stored = leaky_store::quotas::get(&app.pool, leaky_store::quotas::OwnerType::User, user.id, provider)
+                .await
+                .unwrap()
+                .expect("the quota row");
+            assert_eq!((stored.limit, stored.used), (10, 10));
+            let quota: Value = app
+                .get(&format!("/api/v1/tokens/quota?provider={provider}"), Some(&user.token))
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(quota["used"], 10, "the book, reloaded or not, agrees");
+        }
+    }
+    assert!(app.metric("leaky_accounts_evicted_total", &[]).await > 0.0, "the sweeps dropped accounts");
+}
+
+#[tokio::test]
+async fn a_sweep_of_the_book_keeps_an_account_whose_rate_limit_is_still_refilling() {
+    let app = spawn_app_with(|s| s.quota.book_sweep_at = 1).await;
+    let (alice, bob) = (app.user().await, app.user().await);
+    assert_eq!(app.consume(&alice, "openai", 1000).await.status(), 200, "alice empties her bucket");
+    for p in 1..=3 {
+        assert_eq!(app.consume(&bob, &format!("provider-{p}"), 1).await.status(), 200);
+    }
+    // Bob's one token leaks out in 100 ms; then his next requests make the book sweep.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for p in 4..=7 {
+        assert_eq!(app.consume(&bob, &format!("provider-{p}"), 1).await.status(), 200);
+    }
+    assert!(app.metric("leaky_accounts_evicted_total", &[]).await >= 3.0, "bob's settled accounts were dropped");
+    let r = app.consume(&alice, "openai", 10).await;
+    assert_eq!(r.status(), 429, "alice's account, still refilling, was kept");
+    assert_eq!(TestApp::error_code(r).await, "rate_limit_exceeded");
+}
