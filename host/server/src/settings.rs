@@ -272,6 +272,8 @@ pub struct QuotaSettings {
     /// Accounts (user and provider) the in-memory book holds before it drops the idle ones
     /// (then again at twice what it kept).
     pub book_sweep_at: usize,
+    /// Seconds an account goes unused before the book may drop it.
+    pub book_idle_seconds: u64,
 }
 
 /// `telemetry.*`
@@ -343,7 +345,7 @@ impl Default for BucketSettings {
 
 impl Default for QuotaSettings {
     fn default() -> Self {
-        Self { default_limit: 100_000, providers: BTreeMap::new(), book_sweep_at: 65_536 }
+        Self { default_limit: 100_000, providers: BTreeMap::new(), book_sweep_at: 65_536, book_idle_seconds: 60 }
     }
 }
 

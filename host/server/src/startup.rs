@@ -14,7 +14,7 @@ use leaky_store::schema::Schema;
 use tokio::net::TcpListener;
 
 use crate::auth::{JwtKeys, hash_password, load_or_generate_jwt_secret};
-use crate::services::accounts::Accounts;
+use crate::services::accounts::{Accounts, BookLimits};
 use crate::services::api_keys::ApiKeys;
 use crate::services::consume::ConsumeService;
 use crate::services::login_limiter::LoginLimiter;
@@ -71,7 +71,10 @@ impl Application {
         let accounts = Arc::new(Accounts::new(
             db.clone(),
             move |provider| defaults.default_quota(provider),
-            settings.quota.book_sweep_at,
+            BookLimits {
+                sweep_at: settings.quota.book_sweep_at,
+                idle: std::time::Duration::from_secs(settings.quota.book_idle_seconds),
+            },
         ));
         let shared = shared_rate_state(&settings.redis).await?;
         let consume = Arc::new(ConsumeService::new(Arc::clone(&accounts), Arc::clone(&policies), ledger, shared));

@@ -48,6 +48,8 @@ pub struct Account {
     pub shadow: Option<RateState>,
     /// The user's quota.
     pub quota: Quota,
+    /// When a request last decided through the account (ms since the epoch).
+    pub used_at: i64,
 }
 
 impl Account {
@@ -85,6 +87,15 @@ pub struct UserFacts {
     pub org_id: Option<Uuid>,
 }
 
+/// When the book drops idle accounts.
+#[derive(Clone, Copy, Debug)]
+pub struct BookLimits {
+    /// Accounts held when a sweep is first due.
+    pub sweep_at: usize,
+    /// How long an account goes unused before a sweep may drop it.
+    pub idle: Duration,
+}
+
 /// The book.
 pub struct Accounts {
     db: Database,
@@ -100,6 +111,8 @@ pub struct Accounts {
     sweep_at: AtomicUsize,
     /// The least `sweep_at` ever is.
     first_sweep_at: usize,
+    /// How long an account goes unused before a sweep may drop it (ms).
+    idle_ms: i64,
     /// Accounts dropped by sweeps.
     evicted: AtomicU64,
 }
@@ -111,10 +124,10 @@ pub fn lock<T>(cell: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Accounts {
     /// A book over the database; `default_limit` gives a new user's quota for a provider. A
-    /// sweep is due once it holds `sweep_at` accounts (at least 1), then once it holds twice
-    /// what the last sweep kept.
-    pub fn new(db: Database, default_limit: impl Fn(&str) -> u64 + Send + Sync + 'static, sweep_at: usize) -> Self {
-        let sweep_at = sweep_at.max(1);
+    /// sweep is due once it holds `limits.sweep_at` accounts (at least 1), then once it holds
+    /// twice what the last sweep kept.
+    pub fn new(db: Database, default_limit: impl Fn(&str) -> u64 + Send + Sync + 'static, limits: BookLimits) -> Self {
+        let sweep_at = limits.sweep_at.max(1);
         Self {
             db,
             users: DashMap::new(),
@@ -125,6 +138,7 @@ impl Accounts {
             held: AtomicUsize::new(0),
             sweep_at: AtomicUsize::new(sweep_at),
             first_sweep_at: sweep_at,
+            idle_ms: i64::try_from(limits.idle.as_millis()).unwrap_or(i64::MAX),
             evicted: AtomicU64::new(0),
         }
     }
@@ -134,21 +148,26 @@ impl Accounts {
         self.held.load(Ordering::Relaxed) >= self.sweep_at.load(Ordering::Relaxed)
     }
 
-    /// Drops every account that no request holds and whose state `settled` (given the provider
-    /// and the account) says a fresh load would equal; returns how many. A sweep already
-    /// running makes this one return 0 at once.
-    pub fn sweep(&self, settled: impl Fn(&str, &Account) -> bool) -> usize {
+    /// Drops every account that no request holds, that no request used for the book's idle
+    /// time before `now` (ms), and whose state `settled` (given the provider and the account)
+    /// says a fresh load would equal; returns how many. A sweep already running makes this one
+    /// return 0 at once.
+    pub fn sweep(&self, now: i64, settled: impl Fn(&str, &Account) -> bool) -> usize {
         let begun = self.sweeps.load(Ordering::Acquire);
         if begun % 2 == 1
             || self.sweeps.compare_exchange(begun, begun + 1, Ordering::AcqRel, Ordering::Acquire).is_err()
         {
             return 0;
         }
+        let idle_since = now.saturating_sub(self.idle_ms);
         let mut dropped = 0;
         // The map's shard is locked for writing here, so nobody can take a new reference to a
         // cell meanwhile; a count of one is the map's own.
         self.users.retain(|(_, provider), cell| {
-            let keep = Arc::strong_count(cell) > 1 || !settled(provider, &lock(cell));
+            let keep = Arc::strong_count(cell) > 1 || {
+                let account = lock(cell);
+                account.used_at > idle_since || !settled(provider, &account)
+            };
             dropped += usize::from(!keep);
             keep
         });
@@ -239,7 +258,8 @@ impl Accounts {
             Entry::Occupied(cell) => Some(Arc::clone(cell.get())),
             Entry::Vacant(_) if self.sweeps.load(Ordering::Acquire) != sweeps => None,
             Entry::Vacant(slot) => {
-                let cell = Arc::new(Mutex::new(Account { rate: None, shadow: None, quota }));
+                let used_at = leaky_store::now_ms();
+                let cell = Arc::new(Mutex::new(Account { rate: None, shadow: None, quota, used_at }));
                 slot.insert(Arc::clone(&cell));
                 self.held.fetch_add(1, Ordering::Relaxed);
                 Some(cell)
@@ -324,7 +344,7 @@ mod tests {
     async fn book(sweep_at: usize) -> (Accounts, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open(&format!("sqlite://{}", dir.path().join("book.db").display())).await.unwrap();
-        (Accounts::new(db, |_| 100, sweep_at), dir)
+        (Accounts::new(db, |_| 100, BookLimits { sweep_at, idle: Duration::ZERO }), dir)
     }
 
     #[tokio::test]
@@ -337,12 +357,15 @@ mod tests {
         drop(book.account(carol, "openai").await.unwrap());
         assert!(book.sweep_due());
         // Carol's state is not settled (say, her rate state is still refilling).
-        assert_eq!(book.sweep(|_, account| account.quota.owner_id != carol), 1, "only bob's");
+        let now = leaky_store::now_ms();
+        assert_eq!(book.sweep(now, |_, account| account.quota.owner_id != carol), 1, "only bob's");
         assert_eq!(book.evicted(), 1);
         assert!(Arc::ptr_eq(&in_use, &book.account(alice, "openai").await.unwrap()), "alice's is the same");
         assert!(!book.sweep_due(), "next due at twice what was kept");
         drop(in_use);
-        assert_eq!(book.sweep(|_, _| true), 2);
+        lock(&book.account(alice, "openai").await.unwrap()).used_at = now + 1;
+        assert_eq!(book.sweep(now, |_, _| true), 1, "alice's was used after the sweep's idle time began");
+        assert_eq!(book.sweep(now + 1, |_, _| true), 1);
     }
 
     #[tokio::test]
@@ -359,7 +382,7 @@ mod tests {
         let other = book.account(user, provider).await.unwrap();
         lock(&other).quota.used = 7;
         drop(other);
-        assert_eq!(book.sweep(|_, _| true), 1);
+        assert_eq!(book.sweep(leaky_store::now_ms(), |_, _| true), 1);
         // The load must not put its older reading in the book.
         assert!(book.keep_loaded(&key, stale.clone(), sweeps).is_none());
         // Without a sweep in between, a load keeps what it read, or the account already there.

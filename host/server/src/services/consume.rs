@@ -131,6 +131,7 @@ impl ConsumeService {
         };
         let now = leaky_store::now_ms();
         let now_ms = u64::try_from(now).unwrap_or(0);
+        lock(&account).used_at = now;
         let cost = match set.quota_for(&req.provider) {
             Some(rule) => match price(rule, &req, now_ms)? {
                 Ok(cost) => cost,
@@ -213,8 +214,9 @@ impl ConsumeService {
         Ok((outcome, policy))
     }
 
-    /// Drops the book's idle accounts: those whose rate states are full again at `now_ms`
-    /// under the policies of `set`, so that loading them afresh gives the same decisions.
+    /// Drops the book's idle accounts (see [`Accounts::sweep`]) whose rate states are full again
+    /// at `now_ms` under the policies of `set`, so that loading them afresh gives the same
+    /// decisions.
     fn sweep_accounts(&self, set: &PolicySet, now_ms: u64) {
         let probe = Request { tokens: 0, now_ms };
         let settled = |state: Option<&RateState>, policy: Option<&Arc<BoundPolicy>>| match (state, policy) {
@@ -226,7 +228,8 @@ impl ConsumeService {
                 .decide(&policy.config, Some(state.words), probe)
                 .is_ok_and(|decision| decision.verdict.remaining >= decision.verdict.limit),
         };
-        let dropped = self.accounts.sweep(|provider, account| {
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let dropped = self.accounts.sweep(now, |provider, account| {
             let binding = set.rate_for(provider);
             settled(account.rate.as_ref(), Some(binding.local()))
                 && settled(account.shadow.as_ref(), binding.shadow.as_ref())

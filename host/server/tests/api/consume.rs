@@ -290,6 +290,7 @@ async fn accounts_dropped_from_the_book_under_load_never_let_a_quota_be_overspen
         no_rate_limit(s);
         s.quota.default_limit = 10;
         s.quota.book_sweep_at = 2;
+        s.quota.book_idle_seconds = 0;
     })
     .await;
     let mut users = Vec::new();
@@ -341,7 +342,11 @@ async fn accounts_dropped_from_the_book_under_load_never_let_a_quota_be_overspen
 
 #[tokio::test]
 async fn a_sweep_of_the_book_keeps_an_account_whose_rate_limit_is_still_refilling() {
-    let app = spawn_app_with(|s| s.quota.book_sweep_at = 1).await;
+    let app = spawn_app_with(|s| {
+        s.quota.book_sweep_at = 1;
+        s.quota.book_idle_seconds = 0;
+    })
+    .await;
     let (alice, bob) = (app.user().await, app.user().await);
     assert_eq!(app.consume(&alice, "openai", 1000).await.status(), 200, "alice empties her bucket");
     for p in 1..=3 {
