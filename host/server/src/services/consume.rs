@@ -131,7 +131,6 @@ impl ConsumeService {
         };
         let now = leaky_store::now_ms();
         let now_ms = u64::try_from(now).unwrap_or(0);
-        lock(&account).used_at = now;
         let cost = match set.quota_for(&req.provider) {
             Some(rule) => match price(rule, &req, now_ms)? {
                 Ok(cost) => cost,

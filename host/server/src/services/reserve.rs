@@ -80,6 +80,7 @@ impl Attempt<'_> {
         let req = self.req;
         let mut acct = lock(self.account);
         let mut org_quota = self.org.map(|(_, cell)| lock(cell));
+        acct.used_at = self.now;
         acct.quota.roll(self.now);
         if let Some(q) = org_quota.as_deref_mut() {
             q.roll(self.now);
