@@ -11,7 +11,7 @@ use std::time::Duration;
 use leaky_store::rate_state::breaker::CircuitBreaker;
 use leaky_store::rate_state::guarded::Guarded;
 use leaky_store::rate_state::redis::RedisRateState;
-use leaky_store::rate_state::{RateKey, RateStateError, SharedRateState, StoredRate};
+use leaky_store::rate_state::{RateKey, RateStateError, SharedRateState, StoredRate, Swap};
 
 async fn redis() -> Option<RedisRateState> {
     if std::env::var("LEAKY_TEST_REDIS").is_ok_and(|v| v == "absent") {
@@ -39,15 +39,30 @@ async fn compare_and_set_writes_only_over_the_expected_state_and_expires() {
     let Some(store) = redis().await else { return };
     let k = key("a");
     assert_eq!(store.get(&k).await.unwrap(), None);
-    assert!(store.compare_and_set(&k, None, &rate(1), 60_000).await.unwrap());
-    assert!(!store.compare_and_set(&k, None, &rate(2), 60_000).await.unwrap(), "no longer absent");
-    assert!(!store.compare_and_set(&k, Some(&rate(7)), &rate(2), 60_000).await.unwrap(), "not the stored state");
-    assert!(store.compare_and_set(&k, Some(&rate(1)), &rate(2), 60_000).await.unwrap());
+    assert_eq!(store.compare_and_set(&k, None, &rate(1), 60_000).await.unwrap(), Swap::Stored);
+    assert_eq!(
+        store.compare_and_set(&k, None, &rate(2), 60_000).await.unwrap(),
+        Swap::Lost(Some(rate(1))),
+        "no longer absent: the stored state comes back instead"
+    );
+    assert_eq!(
+        store.compare_and_set(&k, Some(&rate(7)), &rate(2), 60_000).await.unwrap(),
+        Swap::Lost(Some(rate(1))),
+        "not the stored state"
+    );
+    assert_eq!(store.get(&k).await.unwrap(), Some(rate(1)), "a lost compare-and-set writes nothing");
+    assert_eq!(store.compare_and_set(&k, Some(&rate(1)), &rate(2), 60_000).await.unwrap(), Swap::Stored);
     assert_eq!(store.get(&k).await.unwrap(), Some(rate(2)));
     assert_eq!(store.get(&key("b")).await.unwrap(), None, "keys are per subject");
+    assert_eq!(
+        store.compare_and_set(&key("b"), Some(&rate(2)), &rate(3), 60_000).await.unwrap(),
+        Swap::Lost(None),
+        "expecting a state where there is none answers that there is none"
+    );
+    assert_eq!(store.get(&key("b")).await.unwrap(), None);
 
     let short = key("short-lived");
-    assert!(store.compare_and_set(&short, None, &rate(1), 50).await.unwrap());
+    assert_eq!(store.compare_and_set(&short, None, &rate(1), 50).await.unwrap(), Swap::Stored);
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert_eq!(store.get(&short).await.unwrap(), None, "state expires once the limiter has fully reset");
 }
@@ -61,13 +76,18 @@ async fn concurrent_read_modify_write_loses_no_update() {
     for _ in 0..32 {
         let (store, k) = (Arc::clone(&store), k.clone());
         tasks.push(tokio::spawn(async move {
+            // Each writer starts from what a lost compare-and-set answered, reading only once.
             let mut conflicts = 0u32;
+            let mut current = store.get(&k).await.unwrap();
             for _ in 0..25 {
                 loop {
-                    let current = store.get(&k).await.unwrap();
                     let next = rate(current.as_ref().map_or(0, |r| r.words[0]) + 1);
-                    if store.compare_and_set(&k, current.as_ref(), &next, 60_000).await.unwrap() {
-                        break;
+                    match store.compare_and_set(&k, current.as_ref(), &next, 60_000).await.unwrap() {
+                        Swap::Stored => {
+                            current = Some(next);
+                            break;
+                        }
+                        Swap::Lost(stored) => current = stored,
                     }
                     conflicts += 1;
                 }
@@ -134,10 +154,10 @@ impl SharedRateState for Fake {
         _: Option<&'a StoredRate>,
         _: &'a StoredRate,
         _: u64,
-    ) -> leaky_store::rate_state::BoxFuture<'a, Result<bool, RateStateError>> {
+    ) -> leaky_store::rate_state::BoxFuture<'a, Result<Swap, RateStateError>> {
         Box::pin(async move {
             self.answer(&key.subject).await;
-            Ok(true)
+            Ok(Swap::Stored)
         })
     }
 }

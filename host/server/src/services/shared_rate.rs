@@ -1,17 +1,25 @@
 //! Decisions with rate state shared by replicas.
 //!
-//! A decision reads the subject's state from the shared store, decides and reserves the quotas
-//! under the account locks, then writes the new state back by compare-and-set. If another
-//! replica wrote first, the reservation is released and the decision is made again from the
-//! newer state, so two replicas never both spend the same capacity. While the store is
+//! A decision starts from the subject's state in the shared store, decides and reserves the
+//! quotas under the account locks, then writes the new state back by compare-and-set. If another
+//! replica wrote first, the store answers with the newer state, the reservation is released and
+//! the decision is made again from it, so two replicas never both spend the same capacity.
+//!
+//! The state a decision starts from is the one this process last saw stored for the subject
+//! (what it wrote, or what a lost compare-and-set answered), kept beside the subject's lock
+//! stripe; only a subject it has not seen is read first. So a decision costs one round trip to
+//! the store unless another replica wrote the same subject since, and then two, as when every
+//! decision read first. A remembered state that is stale (another replica wrote, the key
+//! expired) is only a lost compare-and-set: it can never make a decision stand. While the store is
 //! unavailable (its circuit breaker is open, or a call fails) a decision either fails closed (429
 //! until the store is back) or fails open on a local limiter holding a share of the limit.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use leaky_engine::{Outcome as RateOutcome, Verdict};
-use leaky_store::rate_state::{RateKey, RateStateError, SharedRateState, StoredRate};
+use leaky_store::rate_state::{RateKey, RateStateError, SharedRateState, StoredRate, Swap};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -27,12 +35,26 @@ const TTL_MARGIN_MS: u64 = 60_000;
 
 /// Lock stripes serialising this process's decisions per subject (see [`SharedRate::decide`]).
 const STRIPES: usize = 1024;
+/// Subjects whose stored state a stripe remembers at most; a full stripe forgets them all and
+/// reads them again. 64 Ki subjects in all.
+const KNOWN_PER_STRIPE: usize = 64;
+
+/// What this process last saw stored, per subject of one stripe (`None`: absent).
+type Known = HashMap<RateKey, Option<StoredRate>>;
 
 /// The shared rate state and what to do without it.
 pub struct SharedRate {
     store: Arc<dyn SharedRateState>,
     fail_open: bool,
-    stripes: Box<[tokio::sync::Mutex<()>]>,
+    stripes: Box<[tokio::sync::Mutex<Known>]>,
+}
+
+/// Remembers `state` as stored for `key`, making room in a full stripe.
+fn remember(known: &mut Known, key: &RateKey, state: Option<StoredRate>) {
+    if known.len() >= KNOWN_PER_STRIPE && !known.contains_key(key) {
+        known.clear();
+    }
+    known.insert(key.clone(), state);
 }
 
 /// How long to wait after losing the compare-and-set in `round` (from 0): up to 100 us times
@@ -72,7 +94,7 @@ fn retry_later(wait_ms: u64) -> ConsumeOutcome {
 impl SharedRate {
     /// Decisions over `store`; `fail_open` picks what happens while it is unavailable.
     pub fn new(store: Arc<dyn SharedRateState>, fail_open: bool) -> Self {
-        let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(Known::new())).collect();
         Self { store, fail_open, stripes }
     }
 
@@ -92,42 +114,58 @@ impl SharedRate {
         binding: &'b RateBinding,
     ) -> Result<(Reserved, &'b Arc<BoundPolicy>), ApiError> {
         let key = key(attempt.req.user_id, &attempt.req.provider);
-        let _turn = self.stripe(&key).lock().await;
-        for round in 0..MAX_ROUNDS {
-            let read = match self.store.get(&key).await {
-                Ok(stored) => stored.map(state),
+        let mut known = self.stripe(&key).lock().await;
+        let mut stored_now = match known.get(&key) {
+            Some(remembered) => remembered.clone(),
+            None => match self.store.get(&key).await {
+                Ok(stored) => stored,
                 Err(err) => return self.unavailable(attempt, binding, &err),
-            };
+            },
+        };
+        for round in 0..MAX_ROUNDS {
+            let read = stored_now.clone().map(state);
             // The shadow is counted once per request, not once per round.
             let shadow = if round == 0 { binding.shadow.as_deref() } else { None };
-            let reserved = attempt.reserve(&binding.policy, shadow, RateSource::Shared(read.clone()))?;
+            let reserved = attempt.reserve(&binding.policy, shadow, RateSource::Shared(read))?;
             let (Some((_, applied)), Some(debit), ConsumeOutcome::Allowed { rate, .. }) =
                 (&reserved.rate, &reserved.debit, &reserved.outcome)
             else {
+                // A refusal writes nothing: what was stored still is, as far as this process
+                // knows.
+                remember(&mut known, &key, stored_now);
                 return Ok((reserved, &binding.policy));
             };
             let ttl = rate.reset_after_ms.saturating_add(TTL_MARGIN_MS);
-            let expected = read.as_ref().map(stored);
-            match self.store.compare_and_set(&key, expected.as_ref(), &stored(applied), ttl).await {
-                Ok(true) => return Ok((reserved, &binding.policy)),
-                Ok(false) => {
+            let new = stored(applied);
+            match self.store.compare_and_set(&key, stored_now.as_ref(), &new, ttl).await {
+                Ok(Swap::Stored) => {
+                    remember(&mut known, &key, Some(new));
+                    return Ok((reserved, &binding.policy));
+                }
+                Ok(Swap::Lost(current)) => {
                     attempt.release(Periods::of(debit), None, false);
                     metrics::counter!("leaky_rate_state_conflicts_total").increment(1);
-                    // Another replica wrote between the read and the write: let it pass
-                    // before reading again, or a busy replica could win every round.
-                    tokio::time::sleep(backoff(round)).await;
+                    stored_now = current;
+                    // Another replica wrote since this process last looked. Decide again from
+                    // what it wrote at once; if that loses too, the two are writing at the same
+                    // moment: let the other pass first, or a busy replica could win every round.
+                    if round > 0 {
+                        tokio::time::sleep(backoff(round - 1)).await;
+                    }
                 }
                 Err(err) => {
                     attempt.release(Periods::of(debit), None, false);
+                    known.remove(&key);
                     return self.unavailable(attempt, binding, &err);
                 }
             }
         }
+        remember(&mut known, &key, stored_now);
         metrics::counter!("leaky_rate_state_contended_total").increment(1);
         Ok((Reserved { outcome: retry_later(10), debit: None, rate: None, local: false }, &binding.policy))
     }
 
-    fn stripe(&self, key: &RateKey) -> &tokio::sync::Mutex<()> {
+    fn stripe(&self, key: &RateKey) -> &tokio::sync::Mutex<Known> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one((&key.subject, &key.provider));
         &self.stripes[usize::try_from(hash % STRIPES as u64).unwrap_or(0)]
@@ -156,8 +194,15 @@ impl SharedRate {
     pub async fn restore(&self, user: Uuid, provider: &str, applied: &RateState, read: Option<&RateState>) {
         let Some(read) = read else { return };
         let key = key(user, provider);
-        if let Err(err) = self.store.compare_and_set(&key, Some(&stored(applied)), &stored(read), TTL_MARGIN_MS).await {
-            tracing::debug!(error = %err, "could not give back rate capacity after a failed commit");
+        let mut known = self.stripe(&key).lock().await;
+        let read = stored(read);
+        match self.store.compare_and_set(&key, Some(&stored(applied)), &read, TTL_MARGIN_MS).await {
+            Ok(Swap::Stored) => remember(&mut known, &key, Some(read)),
+            Ok(Swap::Lost(current)) => remember(&mut known, &key, current),
+            Err(err) => {
+                known.remove(&key);
+                tracing::debug!(error = %err, "could not give back rate capacity after a failed commit");
+            }
         }
     }
 }

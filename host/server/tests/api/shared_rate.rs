@@ -67,6 +67,33 @@ impl OwnRedis {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// `calls` and `failed_calls` of `command` (lower case) in this Redis's `INFO commandstats`.
+    fn stats(&self, command: &str) -> (u64, u64) {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "INFO", "commandstats"])
+            .output()
+            .expect("redis-cli runs (it comes with Redis)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let prefix = format!("cmdstat_{command}:");
+        let Some(line) = text.lines().find_map(|line| line.strip_prefix(&prefix)) else { return (0, 0) };
+        let field = |name: &str| {
+            line.split(',').find_map(|f| f.trim().strip_prefix(name)).map_or(0, |v| v.parse::<u64>().unwrap())
+        };
+        (field("calls="), field("failed_calls="))
+    }
+
+    /// Compare-and-set scripts this Redis ran (not counting a first call refused for an
+    /// unknown script, which the client then loads).
+    fn writes(&self) -> u64 {
+        let (calls, failed) = self.stats("evalsha");
+        calls - failed
+    }
+
+    /// `GET`s sent by clients: Redis also counts the one inside each script it ran.
+    fn reads(&self) -> u64 {
+        self.stats("get").0 - self.writes()
+    }
 }
 
 impl Drop for OwnRedis {
@@ -137,6 +164,43 @@ async fn two_replicas_sharing_redis_never_both_spend_the_same_capacity() {
     let granted = statuses.iter().filter(|s| **s == 200).count();
     assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "no errors: {statuses:?}");
     assert_eq!(granted, 100, "512 requests over two replicas against one 100-token bucket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_decides_from_the_state_it_last_saw_and_learns_another_replicas_write_from_the_store() {
+    if redis_absent() {
+        return;
+    }
+    let redis = OwnRedis::start();
+    // 10 tokens, refilling 0.001 per second: none come back during the test.
+    let first = spawn_app_with(replica("leaky-test:", Some(redis.url()), token_bucket(10, 0.001))).await;
+    let shared = format!("sqlite://{}", first.data.path().join("leaky.db").display());
+    let second = spawn_app_with(replica("leaky-test:", Some(redis.url()), move |s| {
+        token_bucket(10, 0.001)(s);
+        s.database.url = Some(shared);
+    }))
+    .await;
+    let user = first.user().await;
+
+    for _ in 0..5 {
+        assert_eq!(first.consume(&user, "openai", 1).await.status(), 200);
+    }
+    assert_eq!(redis.writes(), 5);
+    assert_eq!(redis.reads(), 1, "only the first decision read the state; the others started from what they wrote");
+    for _ in 0..5 {
+        assert_eq!(second.consume(&user, "openai", 1).await.status(), 200, "the other 5, from what the first wrote");
+    }
+    assert_eq!(redis.reads(), 2, "one read per replica");
+
+    // The first still remembers 5 tokens left. Its write loses, the store answers the empty
+    // bucket, and it refuses from that.
+    assert_eq!(first.consume(&user, "openai", 1).await.status(), 429, "the bucket is empty");
+    assert_eq!(second.consume(&user, "openai", 1).await.status(), 429);
+    assert_eq!(redis.writes(), 11, "one lost compare-and-set, no retried write");
+    assert_eq!(redis.reads(), 2, "and no read");
+    let spent: i64 =
+        sqlx::query_scalar("SELECT COALESCE(SUM(tokens), 0) FROM ledger").fetch_one(&first.pool).await.unwrap();
+    assert_eq!(spent, 10);
 }
 
 /// Consumes without pause from `clients` tasks until `stop`; returns every status.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::breaker::{CircuitBreaker, Permit};
-use super::{BoxFuture, RateKey, RateStateError, SharedRateState, StoredRate};
+use super::{BoxFuture, RateKey, RateStateError, SharedRateState, StoredRate, Swap};
 
 /// Deadlines a call waits at most while the backend answers others (then it fails anyway: its
 /// own answer was lost).
@@ -74,7 +74,7 @@ impl<S: SharedRateState> SharedRateState for Guarded<S> {
         expected: Option<&'a StoredRate>,
         new: &'a StoredRate,
         ttl_ms: u64,
-    ) -> BoxFuture<'a, Result<bool, RateStateError>> {
+    ) -> BoxFuture<'a, Result<Swap, RateStateError>> {
         Box::pin(self.call(self.inner.compare_and_set(key, expected, new, ttl_ms)))
     }
 

@@ -2,8 +2,10 @@
 //!
 //! The engine decides; the store arbitrates. A decision reads a subject's state, decides, and
 //! writes the new state back only if the stored state is still the one it read
-//! ([`SharedRateState::compare_and_set`]); if another replica wrote first, the decision is made
-//! again from the newer state. So two replicas never both spend the same capacity.
+//! ([`SharedRateState::compare_and_set`]); if another replica wrote first, the store answers
+//! with the newer state and the decision is made again from it. So two replicas never both
+//! spend the same capacity, and a replica that remembers what it last wrote needs no read
+//! before it decides: one round trip a decision while no other replica writes the same key.
 //!
 //! [`redis::RedisRateState`] is the backend; [`guarded::Guarded`] wraps any backend in a
 //! deadline per call and a [`breaker::CircuitBreaker`]. (The embedded default keeps rate state
@@ -70,6 +72,16 @@ pub enum RateStateError {
     Corrupt(String),
 }
 
+/// What a compare-and-set did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Swap {
+    /// The new state is stored.
+    Stored,
+    /// The stored state was not the one expected, so nothing was written. It is this one now
+    /// (`None`: absent), to decide again from.
+    Lost(Option<StoredRate>),
+}
+
 /// A boxed future, so the trait can be used as `dyn`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -79,14 +91,14 @@ pub trait SharedRateState: Send + Sync {
     fn get<'a>(&'a self, key: &'a RateKey) -> BoxFuture<'a, Result<Option<StoredRate>, RateStateError>>;
 
     /// Stores `new` (expiring after `ttl_ms`) if the stored state is still `expected`
-    /// (`None`: absent). Returns whether it was stored.
+    /// (`None`: absent); otherwise answers what is stored instead, in the same step.
     fn compare_and_set<'a>(
         &'a self,
         key: &'a RateKey,
         expected: Option<&'a StoredRate>,
         new: &'a StoredRate,
         ttl_ms: u64,
-    ) -> BoxFuture<'a, Result<bool, RateStateError>>;
+    ) -> BoxFuture<'a, Result<Swap, RateStateError>>;
 
     /// How long until the backend may be asked again (zero unless a breaker holds it off).
     fn retry_in(&self) -> std::time::Duration {
