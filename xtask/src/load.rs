@@ -8,7 +8,9 @@
 //! different user each time, round-robin over all of them) from keep-alive HTTP/1.1
 //! connections for a fixed time, as a gateway acting for its users would. It prints requests
 //! per second, the status counts and latency percentiles, and what the servers used per request
-//! (CPU time and bytes written to storage, from `/proc`). The client is a minimal raw HTTP/1.1
+//! (CPU time and bytes written to storage, from `/proc`), and what the whole machine's CPUs
+//! spent per request and on which commands (the load generator, and on the distributed setup
+//! the database, cache and broker, share the machine). The client is a minimal raw HTTP/1.1
 //! writer on a single-threaded runtime so that most of the CPU is left to the server.
 
 use std::collections::BTreeMap;
@@ -146,9 +148,9 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
         })
         .collect();
     tokio::time::sleep_until((start + warm_up).into()).await;
-    let before = usage::read_all(pids);
+    let (before, machine_before) = (usage::read_all(pids), usage::machine());
     tokio::time::sleep_until((start + warm_up + measure).into()).await;
-    let after = usage::read_all(pids);
+    let (after, machine_after) = (usage::read_all(pids), usage::machine());
     let mut latencies = Vec::new();
     let mut statuses = BTreeMap::new();
     for t in tasks {
@@ -190,6 +192,18 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
             "memory:     {:.0} MiB resident at the start of the measured seconds, {:.0} MiB at the end",
             mib(before.resident_bytes),
             mib(after.resident_bytes)
+        );
+    }
+    let seconds = measure.as_secs_f64();
+    let (busy, commands) = machine_before.used_until(&machine_after, 0.05 * seconds);
+    if total > 0.0 && busy > 0.0 {
+        let cores = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get);
+        let shares: Vec<String> = commands.iter().map(|(name, used)| format!("{name} {:.2}", used / seconds)).collect();
+        println!(
+            "machine:    {:.2} of {cores} cores busy, {:.1} us of CPU per request; cores by command: {}",
+            busy / seconds,
+            busy * 1e6 / total,
+            shares.join(", ")
         );
     }
     Ok(())

@@ -3,7 +3,12 @@
 //! these are steadier figures than requests per second on a machine whose speed drifts. Also
 //! its resident memory, read at the start and at the end: memory that grows with every request
 //! shows as a difference that grows with the run's length.
+//!
+//! And, for the whole machine, the CPU it spent busy and what each command took of it: on a
+//! setup whose database, cache and broker share the machine with the server, the server's own
+//! figures leave most of the cost out.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -51,6 +56,62 @@ pub fn read_all(pids: &[u32]) -> Option<Reading> {
             resident_bytes: sum.resident_bytes + r.resident_bytes,
         })
     })
+}
+
+/// What the whole machine's CPUs did up to a moment: busy seconds (every state but idle and
+/// waiting for I/O, from `/proc/stat`) and CPU seconds per command name, over every process
+/// `/proc` shows.
+#[derive(Clone, Default)]
+pub struct Machine {
+    /// Busy CPU seconds, all CPUs together.
+    pub busy_seconds: f64,
+    /// CPU seconds per command name.
+    pub by_command: BTreeMap<String, f64>,
+}
+
+/// Reads the machine's counters.
+pub fn machine() -> Machine {
+    let per_second = clock_ticks_per_second();
+    let busy_ticks: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let line = stat.lines().find(|l| l.starts_with("cpu "))?.to_string();
+            let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+            // user nice system idle iowait irq softirq steal: all but idle and iowait.
+            Some(ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum())
+        })
+        .unwrap_or(0);
+    let mut by_command = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        // Processes only: not `self` and `thread-self`, which would count this one again.
+        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `PID (NAME) FIELDS...`, where the name may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat.get(open + 1..close).unwrap_or_default();
+        let fields: Vec<&str> = stat.get(close + 1..).unwrap_or_default().split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        *by_command.entry(name.to_string()).or_insert(0.0) += (ticks(11) + ticks(12)) as f64 / per_second;
+    }
+    Machine { busy_seconds: busy_ticks as f64 / per_second, by_command }
+}
+
+impl Machine {
+    /// What was used between `self` and the later reading `after`: busy seconds, and the
+    /// commands that took at least `least` CPU seconds, most first. (A process that ended in
+    /// between is not counted in its command's figure.)
+    pub fn used_until(&self, after: &Machine, least: f64) -> (f64, Vec<(String, f64)>) {
+        let mut commands: Vec<(String, f64)> = after
+            .by_command
+            .iter()
+            .map(|(name, seconds)| (name.clone(), seconds - self.by_command.get(name).copied().unwrap_or(0.0)))
+            .filter(|(_, used)| *used >= least)
+            .collect();
+        commands.sort_by(|a, b| b.1.total_cmp(&a.1));
+        (after.busy_seconds - self.busy_seconds, commands)
+    }
 }
 
 fn clock_ticks_per_second() -> f64 {
