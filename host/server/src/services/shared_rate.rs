@@ -51,7 +51,11 @@ pub struct SharedRate {
 
 /// Remembers `state` as stored for `key`, making room in a full stripe.
 fn remember(known: &mut Known, key: &RateKey, state: Option<StoredRate>) {
-    if known.len() >= KNOWN_PER_STRIPE && !known.contains_key(key) {
+    if let Some(slot) = known.get_mut(key) {
+        *slot = state;
+        return;
+    }
+    if known.len() >= KNOWN_PER_STRIPE {
         known.clear();
     }
     known.insert(key.clone(), state);
@@ -204,5 +208,30 @@ impl SharedRate {
                 tracing::debug!(error = %err, "could not give back rate capacity after a failed commit");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(n: u64) -> StoredRate {
+        StoredRate { strategy: "fixed-window".into(), words: [n, 0, 0, 0] }
+    }
+
+    #[test]
+    fn a_stripe_remembers_a_bounded_number_of_subjects() {
+        let mut known = Known::new();
+        let keys: Vec<RateKey> = (0..=KNOWN_PER_STRIPE).map(|i| key(Uuid::from_u128(i as u128), "openai")).collect();
+        for (i, k) in keys.iter().take(KNOWN_PER_STRIPE).enumerate() {
+            remember(&mut known, k, Some(rate(i as u64)));
+        }
+        assert_eq!(known.len(), KNOWN_PER_STRIPE);
+        remember(&mut known, &keys[0], None);
+        assert_eq!(known.len(), KNOWN_PER_STRIPE, "a subject it knows is updated in place");
+        assert_eq!(known.get(&keys[0]), Some(&None), "absent is remembered too");
+        remember(&mut known, &keys[KNOWN_PER_STRIPE], Some(rate(7)));
+        assert_eq!(known.len(), 1, "a full stripe forgets the others, which are read again");
+        assert_eq!(known.get(&keys[KNOWN_PER_STRIPE]), Some(&Some(rate(7))));
     }
 }
