@@ -10,7 +10,10 @@
 //! stripe; only a subject it has not seen is read first. So a decision costs one round trip to
 //! the store unless another replica wrote the same subject since, and then two, as when every
 //! decision read first. A remembered state that is stale (another replica wrote, the key
-//! expired) is only a lost compare-and-set: it can never make a decision stand. While the store is
+//! expired) can never make an admission stand: its compare-and-set loses. A refusal from it is
+//! not checked, because the stored state only moves towards less capacity, or back to what time
+//! alone gives back; where it moved otherwise (capacity given back after a failed commit, a
+//! store that lost its data) the remembered state is the stricter one. While the store is
 //! unavailable (its circuit breaker is open, or a call fails) a decision either fails closed (429
 //! until the store is back) or fails open on a local limiter holding a share of the limit.
 
