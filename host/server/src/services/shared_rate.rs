@@ -124,7 +124,7 @@ impl SharedRate {
         let mut known = self.stripe(&key).lock().await;
         let mut stored_now = match known.get(&key) {
             Some(remembered) => remembered.clone(),
-            None => match self.store.get(&key).await {
+            None => match self.read_unknown(&key).await {
                 Ok(stored) => stored,
                 Err(err) => return self.unavailable(attempt, binding, &err),
             },
@@ -170,6 +170,12 @@ impl SharedRate {
         remember(&mut known, &key, stored_now);
         metrics::counter!("leaky_rate_state_contended_total").increment(1);
         Ok((Reserved { outcome: retry_later(10), debit: None, rate: None, local: false }, &binding.policy))
+    }
+
+    /// Reads the stored state of a subject this process does not remember.
+    async fn read_unknown(&self, key: &RateKey) -> Result<Option<StoredRate>, RateStateError> {
+        metrics::counter!("leaky_rate_state_reads_total").increment(1);
+        self.store.get(key).await
     }
 
     fn stripe(&self, key: &RateKey) -> &tokio::sync::Mutex<Known> {
