@@ -146,13 +146,19 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
 const PRUNE_BATCH: i64 = 5000;
 
 /// Relays forever: after every ledger commit, and at least every half second.
+///
+/// A round that published a whole [`BATCH`] or more may have left more behind, so another
+/// follows at once. A smaller one took everything committed before it began; what was committed
+/// since has woken the relay already (the wake-up is armed before the round), so it waits for
+/// that instead of asking the database again only to find nothing.
 pub fn spawn_relay(db: Database, bus: Arc<dyn EventBus>, committed: Arc<CommitFeed>) -> tokio::task::JoinHandle<()> {
     crate::runtime::spawn(async move {
         let mut cursor = None;
+        let whole = usize::try_from(BATCH).unwrap_or(usize::MAX);
         loop {
             let wake = committed.notified();
             match relay_round(&db, bus.as_ref(), &committed, &mut cursor).await {
-                Ok(n) if n > 0 => continue,
+                Ok(n) if n >= whole => continue,
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "outbox relay failed; retrying"),
             }
