@@ -35,19 +35,15 @@ const RELAY_LOCK: i64 = 0x6c65_616b_7901;
 pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, StoreError> {
     match db.backend() {
         Backend::Sqlite => {
-            let (events, last_seq) = unpublished(db.readers()).await?;
+            let (events, last_seq) = unpublished(db.readers(), None).await?;
             publish(bus, &events).await?;
             advance(db.pool(), last_seq).await?;
             Ok(events.len())
         }
         Backend::Postgres => {
             let mut tx = crate::database::begin(db.pool()).await?;
-            let mine: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(RELAY_LOCK).fetch_one(&mut *tx).await?;
-            if !mine {
-                return Ok(0);
-            }
-            let (events, last_seq) = unpublished(&mut *tx).await?;
+            // Another replica's relay holds the lock: no rows, and nothing to do.
+            let (events, last_seq) = unpublished(&mut *tx, Some(RELAY_LOCK)).await?;
             publish(bus, &events).await?;
             advance(&mut *tx, last_seq).await?;
             tx.commit().await?;
@@ -56,18 +52,28 @@ pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, Stor
     }
 }
 
-/// The next batch after the cursor, and the `seq` of its last event.
-async fn unpublished<'c, E>(conn: E) -> Result<(Vec<Event>, i64), StoreError>
+/// The next batch after the cursor, and the `seq` of its last event. With `lock` (PostgreSQL),
+/// only if this transaction takes that advisory lock, in the same statement: no rows when
+/// another transaction holds it.
+async fn unpublished<'c, E>(conn: E, lock: Option<i64>) -> Result<(Vec<Event>, i64), StoreError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
-    let rows = sqlx::query(
-        "SELECT seq, payload FROM outbox WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1) \
-         ORDER BY seq LIMIT $1",
-    )
-    .bind(BATCH)
-    .fetch_all(conn)
-    .await?;
+    let query = match lock {
+        // An uncorrelated scalar subquery runs once per execution, not once per row.
+        Some(lock) => sqlx::query(
+            "SELECT seq, payload FROM outbox WHERE (SELECT pg_try_advisory_xact_lock($2)) \
+             AND seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1) ORDER BY seq LIMIT $1",
+        )
+        .bind(BATCH)
+        .bind(lock),
+        None => sqlx::query(
+            "SELECT seq, payload FROM outbox WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1) \
+             ORDER BY seq LIMIT $1",
+        )
+        .bind(BATCH),
+    };
+    let rows = query.fetch_all(conn).await?;
     let mut events = Vec::with_capacity(rows.len());
     let mut last_seq = 0i64;
     for row in &rows {
@@ -102,7 +108,7 @@ async fn relay_round(
     }
     *cursor = None;
     let at: i64 = sqlx::query_scalar("SELECT last_seq FROM outbox_cursor WHERE id = 1").fetch_one(db.readers()).await?;
-    let (events, last_seq) = unpublished(db.readers()).await?;
+    let (events, last_seq) = unpublished(db.readers(), None).await?;
     publish(bus, &events).await?;
     advance(db.pool(), last_seq).await?;
     *cursor = Some(last_seq.max(at));
