@@ -31,6 +31,9 @@ async fn metrics_are_prometheus_text_with_http_and_consume_series() {
     let text = app.get("/metrics", None).await.text().await.unwrap();
     assert!(text.contains("http_server_request_duration_seconds"), "{text}");
     assert!(text.contains("leaky_consume_total{outcome=\"allowed\"}"), "{text}");
+    // The group commit's size is counted in writes, not in seconds like the durations.
+    assert!(text.contains("leaky_ledger_batch_size_bucket{le=\"2048\"}"), "{text}");
+    assert!(!text.contains("leaky_ledger_batch_size_bucket{le=\"0.0005\"}"), "{text}");
 }
 
 #[tokio::test]
