@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use leaky_engine::{Charge, Request, Usage, Verdict, Words};
+use leaky_engine::{Charge, Usage, Verdict, Words};
 use leaky_store::events::{Event, Outcome};
 use leaky_store::ledger::{Committed, LedgerWriter, Scope};
 use uuid::Uuid;
@@ -217,15 +217,11 @@ impl ConsumeService {
     /// at `now_ms` under the policies of `set`, so that loading them afresh gives the same
     /// decisions.
     fn sweep_accounts(&self, set: &PolicySet, now_ms: u64) {
-        let probe = Request { tokens: 0, now_ms };
         let settled = |state: Option<&RateState>, policy: Option<&Arc<BoundPolicy>>| match (state, policy) {
             (None, _) | (Some(_), None) => true,
             // Another strategy's state is dropped at its next use anyway.
             (Some(state), Some(policy)) if state.strategy != policy.strategy => true,
-            (Some(state), Some(policy)) => policy
-                .limiter
-                .decide(&policy.config, Some(state.words), probe)
-                .is_ok_and(|decision| decision.verdict.remaining >= decision.verdict.limit),
+            (Some(state), Some(policy)) => policy.is_full_again(Some(state.words), now_ms),
         };
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let dropped = self.accounts.sweep(now, |provider, account| {

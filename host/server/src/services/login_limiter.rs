@@ -57,14 +57,8 @@ impl LoginLimiter {
     /// Drops the buckets that are full again at `now_ms` (a probe of zero tokens finds all of
     /// the capacity left), and sets the next threshold.
     fn sweep(&self, now_ms: u64) {
-        let probe = Request { tokens: 0, now_ms };
-        self.buckets.retain(|_, state| {
-            match self.policy.limiter.decide(&self.policy.config, *state, probe) {
-                Ok(decision) => decision.verdict.remaining < decision.verdict.limit,
-                // Keep what cannot be read; the next sweep tries again.
-                Err(_) => true,
-            }
-        });
+        // What cannot be read is kept; the next sweep tries again.
+        self.buckets.retain(|_, state| !self.policy.is_full_again(*state, now_ms));
         let left = self.buckets.len();
         self.sweep_at.store(SWEEP_AT.max(left.saturating_mul(2)), Ordering::Relaxed);
         metrics::gauge!("leaky_login_buckets").set(left as f64);

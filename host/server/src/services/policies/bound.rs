@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use leaky_engine::{PolicyEngine, QuotaRule, QuotaRuleConfig, RateLimiter, RateLimiterConfig};
+use leaky_engine::{PolicyEngine, QuotaRule, QuotaRuleConfig, RateLimiter, RateLimiterConfig, Request, Words};
 
 use crate::settings::BucketSettings;
 
@@ -43,6 +43,16 @@ impl BoundPolicy {
             config,
             params,
         })
+    }
+
+    /// Whether a limiter in `state` has all of its capacity back at `now_ms`, so that dropping
+    /// the state (and starting afresh later) changes no decision: a probe of zero tokens finds
+    /// nothing spent. A state the component cannot read counts as not full.
+    pub fn is_full_again(&self, state: Option<Words>, now_ms: u64) -> bool {
+        let probe = Request { tokens: 0, now_ms };
+        self.limiter
+            .decide(&self.config, state, probe)
+            .is_ok_and(|decision| decision.verdict.remaining >= decision.verdict.limit)
     }
 }
 
