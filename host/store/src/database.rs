@@ -122,7 +122,15 @@ impl Database {
 
 /// A pool on the SQLite file at `url`, opened in `mode` (`rwc`: read-write, created if
 /// missing; `ro`: read-only): WAL journal, every commit on disk before anyone is answered,
-/// foreign keys on, and a 10 s wait for a lock.
+/// foreign keys on, a 10 s wait for a lock, and, on the writers, temporary storage in memory.
+///
+/// The writers' temporary storage is mostly the statement journal: the copy SQLite keeps of
+/// each page a statement changes inside a transaction, so that the statement alone can be
+/// undone. A group commit's upsert of the quota counters changes a few hundred pages of
+/// `quotas`; past 64 KiB SQLite spilled that copy to a temporary file, a `pwrite` per page,
+/// which was a tenth of the writer thread's time under load (docs/09-performance.md). In memory
+/// it is a copy per page, freed when the statement ends. The read-only connections keep
+/// temporary files: a report's sort may be large.
 async fn sqlite_pool(url: &str, mode: &'static str, connections: u32) -> Result<Pool, StoreError> {
     let separator = if url.contains('?') { '&' } else { '?' };
     let url = format!("{url}{separator}mode={mode}");
@@ -134,7 +142,7 @@ async fn sqlite_pool(url: &str, mode: &'static str, connections: u32) -> Result<
         .after_connect(move |conn: &mut AnyConnection, _| {
             Box::pin(async move {
                 if mode != "ro" {
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA temp_store = MEMORY").await?;
                 }
                 conn.execute("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000")
                     .await?;
