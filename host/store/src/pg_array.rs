@@ -87,13 +87,18 @@ fn int_array(values: impl IntoIterator<Item = i64>) -> String {
 struct Escaped<'a>(&'a mut String);
 
 impl fmt::Write for Escaped<'_> {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        for c in text.chars() {
-            if c == '"' || c == '\\' {
-                self.0.push('\\');
-            }
-            self.0.push(c);
+    /// Copies the runs between the characters to escape whole: an outbox payload is JSON, a few
+    /// hundred bytes with a quote every few, and pushing it a character at a time was most of
+    /// the time spent building a group commit's statements.
+    fn write_str(&mut self, mut text: &str) -> fmt::Result {
+        while let Some(at) = text.find(['"', '\\']) {
+            let (run, rest) = text.split_at(at);
+            self.0.push_str(run);
+            self.0.push('\\');
+            self.0.push_str(&rest[..1]);
+            text = &rest[1..];
         }
+        self.0.push_str(text);
         Ok(())
     }
 }
@@ -106,6 +111,12 @@ mod tests {
     fn text_elements_are_quoted_escaped_and_nulls_are_bare() {
         let literal = text_array([Some("a,b"), Some(r#"q"x\y"#), None, Some("NULL"), Some("{}"), Some("é")]);
         assert_eq!(literal, r#"{"a,b","q\"x\\y",NULL,"NULL","{}","é"}"#);
+    }
+
+    #[test]
+    fn escapes_at_either_end_and_side_by_side_are_each_escaped() {
+        let literal = text_array([Some(r#""\""#), Some(r#"{"a":"é\"}"#), Some("")]);
+        assert_eq!(literal, r#"{"\"\\\"","{\"a\":\"é\\\"}",""}"#);
     }
 
     #[test]

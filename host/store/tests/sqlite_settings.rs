@@ -5,10 +5,8 @@
 use leaky_store::Database;
 
 async fn pragma(pool: &leaky_store::Pool, name: &str) -> i64 {
-    let value: String = sqlx::query_scalar(&format!("SELECT CAST({name} AS TEXT) FROM pragma_{name}"))
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let value: String =
+        sqlx::query_scalar(&format!("SELECT CAST({name} AS TEXT) FROM pragma_{name}")).fetch_one(pool).await.unwrap();
     value.parse().unwrap()
 }
 
