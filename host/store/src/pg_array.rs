@@ -87,9 +87,9 @@ fn int_array(values: impl IntoIterator<Item = i64>) -> String {
 struct Escaped<'a>(&'a mut String);
 
 impl fmt::Write for Escaped<'_> {
-    /// Copies the runs between the characters to escape whole: an outbox payload is JSON, a few
-    /// hundred bytes with a quote every few, and pushing it a character at a time was most of
-    /// the time spent building a group commit's statements.
+    /// Copies the runs between the characters to escape whole. An outbox payload is JSON, a
+    /// couple of hundred bytes with a quote every few; this takes about a fifth less time for
+    /// one than pushing it a character at a time (docs/09-performance.md).
     fn write_str(&mut self, mut text: &str) -> fmt::Result {
         while let Some(at) = text.find(['"', '\\']) {
             let (run, rest) = text.split_at(at);
