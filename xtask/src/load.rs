@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use crate::{cargo, run, usage};
 
 /// Benchmark settings.
+#[derive(Clone)]
 pub struct Load {
     pub users: u32,
     pub connections: usize,
@@ -36,7 +37,17 @@ pub struct Load {
     pub binary: Option<PathBuf>,
 }
 
-pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<()> {
+/// What one run measured: requests per second, and per request the servers' CPU and bytes
+/// written and the whole machine's CPU (`None` where `/proc` could not be read).
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    pub requests_per_second: f64,
+    pub server_us: Option<f64>,
+    pub written_bytes: Option<f64>,
+    pub machine_us: Option<f64>,
+}
+
+pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<Measured> {
     let leaky = match &load.binary {
         Some(binary) => binary.clone(),
         None => {
@@ -97,7 +108,7 @@ pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<()> {
     result
 }
 
-async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]) -> Result<()> {
+async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]) -> Result<Measured> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for addr in &addrs {
         loop {
@@ -168,8 +179,14 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
             .unwrap_or(0)
     };
     let total = latencies.len() as f64;
+    let mut measured = Measured {
+        requests_per_second: total / measure.as_secs_f64(),
+        server_us: None,
+        written_bytes: None,
+        machine_us: None,
+    };
     println!("requests:   {}", latencies.len());
-    println!("throughput: {:.0} req/s", total / measure.as_secs_f64());
+    println!("throughput: {:.0} req/s", measured.requests_per_second);
     println!("statuses:   {statuses:?}");
     println!(
         "latency:    p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -181,10 +198,12 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
     if let (Some(before), Some(after)) = (before, after)
         && total > 0.0
     {
+        measured.server_us = Some((after.cpu_seconds - before.cpu_seconds) * 1e6 / total);
+        measured.written_bytes = Some((after.write_bytes - before.write_bytes) as f64 / total);
         println!(
             "server:     {:.1} us CPU and {:.0} bytes written to storage per request ({:.2} cores)",
-            (after.cpu_seconds - before.cpu_seconds) * 1e6 / total,
-            (after.write_bytes - before.write_bytes) as f64 / total,
+            measured.server_us.unwrap_or_default(),
+            measured.written_bytes.unwrap_or_default(),
             (after.cpu_seconds - before.cpu_seconds) / measure.as_secs_f64()
         );
         let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
@@ -199,6 +218,7 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
     if total > 0.0 && busy > 0.0 {
         let cores = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get);
         let shares: Vec<String> = commands.iter().map(|(name, used)| format!("{name} {:.2}", used / seconds)).collect();
+        measured.machine_us = Some(busy * 1e6 / total);
         println!(
             "machine:    {:.2} of {cores} cores busy, {:.1} us of CPU per request; cores by command: {}",
             busy / seconds,
@@ -206,7 +226,7 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
             shares.join(", ")
         );
     }
-    Ok(())
+    Ok(measured)
 }
 
 fn ms(micros: u32) -> f64 {

@@ -8,8 +8,10 @@
 //!   down (Redis), then run the whole workspace's tests.
 //! - `cargo xtask bench`: build the guests, then run the criterion benchmarks.
 //! - `cargo xtask bench-http`: build the guests and a release server, then drive consume with
-//!   a load generator (itself built for release) and print req/s and latency percentiles.
+//!   a load generator (itself built for release) and print req/s and latency percentiles;
+//!   with `--binary A --against B`, the two builds in alternating pairs.
 
+mod compare;
 mod guests;
 mod load;
 mod services;
@@ -64,6 +66,13 @@ enum Task {
         /// Benchmark this `leaky` binary instead of building one (to compare builds).
         #[arg(long)]
         binary: Option<PathBuf>,
+        /// Compare `--binary` with this build: pairs of runs, the order alternating, then the
+        /// median ratio of the pairs (embedded service only).
+        #[arg(long, requires = "binary")]
+        against: Option<PathBuf>,
+        /// Pairs of runs for `--against`.
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
     },
     /// Build the guests, then run the criterion benchmarks of the engine.
     Bench {
@@ -93,10 +102,14 @@ fn main() -> Result<()> {
             cmd.args(["run", "--quiet", "--release", "--package", "xtask", "--"]).args(std::env::args().skip(1));
             run(&mut cmd)
         }
-        Task::BenchHttp { users, connections, seconds, port, replicas, binary } => {
+        Task::BenchHttp { users, connections, seconds, port, replicas, binary, against, rounds } => {
             guests::build(&root)?;
             let target = guests::target_dir(&root)?;
-            load::bench(&root, &target, &load::Load { users, connections, seconds, port, replicas, binary })
+            let load = load::Load { users, connections, seconds, port, replicas, binary };
+            match (&load.binary, against) {
+                (Some(first), Some(second)) => compare::compare(&root, &target, &load, first, &second, rounds),
+                _ => load::bench(&root, &target, &load).map(|_| ()),
+            }
         }
         Task::Bench { args } => {
             guests::build(&root)?;
