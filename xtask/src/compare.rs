@@ -1,10 +1,10 @@
 //! `cargo xtask bench-http --binary A --against B --rounds N`: two builds measured in turns.
 //!
-//! This machine's speed drifts by up to a factor of two within an hour, and the second of two
-//! back-to-back runs tends to be the slower one (the first run's files are still being written
-//! back). So the builds run in pairs whose order alternates (A then B, then B then A, ...), and
-//! the summary compares each pair's runs with each other: the median over the pairs of B's
-//! figure divided by A's, beside each build's own figures.
+//! This machine's speed drifts by up to a factor of two within an hour, and a run can be slowed
+//! by the one before it (its files still being written back). So the builds run in pairs whose
+//! order alternates (A then B, then B then A, ...), and the summary compares each pair's runs
+//! with each other: the median over the pairs of B's figure divided by A's, beside each build's
+//! own figures.
 
 use std::path::{Path, PathBuf};
 
