@@ -218,11 +218,11 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
     if total > 0.0 && busy > 0.0 {
         let cores = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get);
         let shares: Vec<String> = commands.iter().map(|(name, used)| format!("{name} {:.2}", used / seconds)).collect();
-        measured.machine_us = Some(busy * 1e6 / total);
+        let machine_us = busy * 1e6 / total;
+        measured.machine_us = Some(machine_us);
         println!(
-            "machine:    {:.2} of {cores} cores busy, {:.1} us of CPU per request; cores by command: {}",
+            "machine:    {:.2} of {cores} cores busy, {machine_us:.1} us of CPU per request; cores by command: {}",
             busy / seconds,
-            busy * 1e6 / total,
             shares.join(", ")
         );
     }

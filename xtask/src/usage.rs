@@ -27,9 +27,7 @@ pub struct Reading {
 pub fn read(pid: u32) -> Option<Reading> {
     let proc = PathBuf::from(format!("/proc/{pid}"));
     let stat = std::fs::read_to_string(proc.join("stat")).ok()?;
-    // The command name, in parentheses, may hold spaces; the fields after it do not.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let (_, ticks) = cpu_ticks(&stat)?;
     let io = std::fs::read_to_string(proc.join("io")).unwrap_or_default();
     let write_bytes =
         io.lines().find_map(|line| line.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
@@ -88,12 +86,8 @@ pub fn machine() -> Machine {
             continue;
         }
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // `PID (NAME) FIELDS...`, where the name may hold spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let name = stat.get(open + 1..close).unwrap_or_default();
-        let fields: Vec<&str> = stat.get(close + 1..).unwrap_or_default().split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        *by_command.entry(name.to_string()).or_insert(0.0) += (ticks(11) + ticks(12)) as f64 / per_second;
+        let Some((name, ticks)) = cpu_ticks(&stat) else { continue };
+        *by_command.entry(name.to_string()).or_insert(0.0) += ticks as f64 / per_second;
     }
     Machine { busy_seconds: busy_ticks as f64 / per_second, by_command }
 }
@@ -114,6 +108,15 @@ impl Machine {
     }
 }
 
+/// The command name and the CPU clock ticks (user and system) of a `/proc/PID/stat` line:
+/// `PID (NAME) FIELDS...`, where the name may hold spaces and parentheses and the fields do not.
+fn cpu_ticks(stat: &str) -> Option<(&str, u64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((name, fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?))
+}
+
 fn clock_ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -122,4 +125,16 @@ fn clock_ticks_per_second() -> f64 {
         .and_then(|out| String::from_utf8(out.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_ticks;
+
+    #[test]
+    fn a_command_name_with_spaces_and_parentheses_is_read_whole() {
+        let stat = "42 (tokio (rt) 1) S 1 42 42 0 -1 4194560 10 0 0 0 7 5 0 0 20 0 3 0 100 0 0";
+        assert_eq!(cpu_ticks(stat), Some(("tokio (rt) 1", 12)));
+        assert_eq!(cpu_ticks("42 (x) S"), None);
+    }
 }
