@@ -81,9 +81,9 @@ fn stored(state: &RateState) -> StoredRate {
     StoredRate { strategy: state.strategy.to_string(), words: [a, b, c, d] }
 }
 
-fn state(stored: StoredRate) -> RateState {
+fn state(stored: &StoredRate) -> RateState {
     let [a, b, c, d] = stored.words;
-    RateState { strategy: stored.strategy.into(), words: (a, b, c, d) }
+    RateState { strategy: stored.strategy.as_str().into(), words: (a, b, c, d) }
 }
 
 /// A refusal that asks the caller to come back in `wait_ms`.
@@ -107,7 +107,7 @@ impl SharedRate {
 
     /// The stored state of (user, provider).
     pub async fn read(&self, user: Uuid, provider: &str) -> Result<Option<RateState>, RateStateError> {
-        Ok(self.store.get(&key(user, provider)).await?.map(state))
+        Ok(self.store.get(&key(user, provider)).await?.as_ref().map(state))
     }
 
     /// Decides one request with `binding`; returns the reservation and the policy that decided.
@@ -130,7 +130,7 @@ impl SharedRate {
             },
         };
         for round in 0..MAX_ROUNDS {
-            let read = stored_now.clone().map(state);
+            let read = stored_now.as_ref().map(state);
             // The shadow is counted once per request, not once per round.
             let shadow = if round == 0 { binding.shadow.as_deref() } else { None };
             let reserved = attempt.reserve(&binding.policy, shadow, RateSource::Shared(read))?;
