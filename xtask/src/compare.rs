@@ -15,7 +15,7 @@ use crate::load::{self, Load, Measured};
 /// Runs `rounds` pairs of `load` against `first` and `second`, alternating which goes first,
 /// and prints each run's figures and the median ratio of the pairs.
 pub fn compare(root: &Path, target_dir: &Path, load: &Load, first: &Path, second: &Path, rounds: usize) -> Result<()> {
-    if std::env::var("LEAKY_DATABASE__URL").is_ok_and(|url| url.starts_with("postgres")) {
+    if load::on_postgres() {
         bail!(
             "--against runs the embedded service only: a run on PostgreSQL needs a fresh database each time \
              (docs/09-performance.md); compare those builds with single runs"

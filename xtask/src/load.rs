@@ -47,6 +47,12 @@ pub struct Measured {
     pub machine_us: Option<f64>,
 }
 
+/// Whether the environment points the servers at PostgreSQL, the database replicas share (and
+/// that a run cannot start afresh on its own).
+pub fn on_postgres() -> bool {
+    std::env::var("LEAKY_DATABASE__URL").is_ok_and(|url| url.starts_with("postgres"))
+}
+
 pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<Measured> {
     let leaky = match &load.binary {
         Some(binary) => binary.clone(),
@@ -57,8 +63,7 @@ pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<Measured> {
     };
     let data = std::env::temp_dir().join(format!("leaky-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let shared_database = std::env::var("LEAKY_DATABASE__URL").is_ok_and(|url| url.starts_with("postgres"));
-    if load.replicas > 1 && !shared_database {
+    if load.replicas > 1 && !on_postgres() {
         bail!("--replicas {} needs a database they share: set LEAKY_DATABASE__URL=postgres://...", load.replicas);
     }
     let env = |cmd: &mut Command| {
@@ -198,12 +203,12 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
     if let (Some(before), Some(after)) = (before, after)
         && total > 0.0
     {
-        measured.server_us = Some((after.cpu_seconds - before.cpu_seconds) * 1e6 / total);
-        measured.written_bytes = Some((after.write_bytes - before.write_bytes) as f64 / total);
+        let server_us = (after.cpu_seconds - before.cpu_seconds) * 1e6 / total;
+        let written_bytes = (after.write_bytes - before.write_bytes) as f64 / total;
+        measured.server_us = Some(server_us);
+        measured.written_bytes = Some(written_bytes);
         println!(
-            "server:     {:.1} us CPU and {:.0} bytes written to storage per request ({:.2} cores)",
-            measured.server_us.unwrap_or_default(),
-            measured.written_bytes.unwrap_or_default(),
+            "server:     {server_us:.1} us CPU and {written_bytes:.0} bytes written to storage per request ({:.2} cores)",
             (after.cpu_seconds - before.cpu_seconds) / measure.as_secs_f64()
         );
         let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
