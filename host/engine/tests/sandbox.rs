@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use leaky_engine::{EngineConfig, GuestError, LoadError, Outcome, PolicyEngine, RateLimiter};
-use support::{engine, fixture, params, policy, request};
+use support::{engine, fixture, params, policy, production_engine, request};
 
 /// A good limiter decides normally (the engine still works after whatever came before).
 fn assert_healthy(engine: &PolicyEngine) {
@@ -30,7 +30,7 @@ fn decide_error(engine: &PolicyEngine, name: &str) -> (RateLimiter, GuestError) 
 
 #[test]
 fn an_endless_loop_hits_the_deadline() {
-    let e = engine();
+    let e = production_engine();
     let started = Instant::now();
     let (_, err) = decide_error(&e, "infinite-loop");
     assert!(matches!(err, GuestError::Timeout(_)), "{err:?}");

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use leaky_engine::{EngineConfig, PolicyEngine, Request, Usage};
 
@@ -27,8 +28,18 @@ pub fn fixture(name: &str) -> Vec<u8> {
     read(workspace().join("guests/fixtures/wasm").join(format!("{name}.wasm")))
 }
 
-/// An engine with default limits and no compile cache.
+/// An engine with the default limits, no compile cache, and a call deadline far beyond any
+/// honest call. The production deadline (50 ms of wall time) is what a starved thread on a busy
+/// test machine can outlast, turning the failure a test expects (a memory cap, a stack
+/// overflow) into a timeout; only the deadline's own test runs with it
+/// ([`production_engine`]).
 pub fn engine() -> PolicyEngine {
+    PolicyEngine::new(EngineConfig { call_timeout: Duration::from_secs(10), ..EngineConfig::default() })
+        .expect("engine starts")
+}
+
+/// An engine with every default limit, the call deadline included.
+pub fn production_engine() -> PolicyEngine {
     PolicyEngine::new(EngineConfig::default()).expect("engine starts")
 }
 
