@@ -87,11 +87,14 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
     /// How long published events stay in the outbox before the pruner deletes them.
     pub outbox_keep_published_seconds: u64,
+    /// On SQLite, how often the quota counters are written back from the ledger, ms (0: in
+    /// every group commit). PostgreSQL writes them in every commit.
+    pub quota_writeback_ms: u64,
 }
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: None, migrate_on_start: true, outbox_keep_published_seconds: 3600 }
+        Self { url: None, migrate_on_start: true, outbox_keep_published_seconds: 3600, quota_writeback_ms: 1000 }
     }
 }
 

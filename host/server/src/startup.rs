@@ -60,7 +60,10 @@ impl Application {
         // On a database replicas share, the database decides quotas; on this process's own,
         // its account book does.
         let arbiter = if db.is_shared() { Arbiter::Database } else { Arbiter::Caller };
-        let ledger = LedgerWriter::spawn(db.pool().clone(), arbiter, Arc::clone(&committed));
+        let writeback_every = std::time::Duration::from_millis(settings.database.quota_writeback_ms);
+        let ledger = LedgerWriter::start(&db, arbiter, writeback_every, Arc::clone(&committed))
+            .await
+            .context("cannot start the ledger writer")?;
         let analytics = analytics_sink(&settings, &db).await?;
         let bus = event_bus(&settings.kafka, &analytics).await?;
         leaky_store::outbox::spawn_relay(db.clone(), bus, committed);

@@ -4,12 +4,14 @@
 //! (`$N` placeholders, `ON CONFLICT`, `RETURNING`, no `MAX(a, b)`); where the two differ,
 //! [`Backend`] says which one is serving.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool, Executor};
 
 use crate::StoreError;
+use crate::ledger::PendingSpend;
 use crate::schema::Schema;
 
 /// The pool type every repository takes.
@@ -58,6 +60,8 @@ pub struct Database {
     pool: Pool,
     readers: Pool,
     backend: Backend,
+    /// Quota spend the ledger holds and the counters do not show yet (SQLite only).
+    pending: Arc<PendingSpend>,
 }
 
 impl Database {
@@ -77,7 +81,7 @@ impl Database {
                 let pool = sqlite_pool(url, "rwc", 1).await?;
                 crate::schema::ensure(&pool, backend, schema).await?;
                 let readers = sqlite_pool(url, "ro", 4).await?;
-                Self { pool, readers, backend }
+                Self { pool, readers, backend, pending: Arc::default() }
             }
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -86,7 +90,7 @@ impl Database {
                     .connect(url)
                     .await?;
                 crate::schema::ensure(&pool, backend, schema).await?;
-                Self { readers: pool.clone(), pool, backend }
+                Self { readers: pool.clone(), pool, backend, pending: Arc::default() }
             }
         };
         Ok(db)
@@ -101,6 +105,12 @@ impl Database {
     /// relay's scan); read-only on SQLite.
     pub fn readers(&self) -> &Pool {
         &self.readers
+    }
+
+    /// Quota spend committed to the ledger and not yet written back to the counters; every
+    /// reading of a counter adds it ([`crate::quotas::get`]).
+    pub fn pending(&self) -> &Arc<PendingSpend> {
+        &self.pending
     }
 
     /// Which database serves.

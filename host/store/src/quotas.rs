@@ -6,7 +6,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::users::parse_uuid;
-use crate::{Pool, StoreError, now_ms};
+use crate::{Database, Pool, StoreError, now_ms};
 
 /// Who a quota belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -164,8 +164,20 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<Quota, StoreError> {
     })
 }
 
-/// The quota of an owner for a provider.
-pub async fn get(pool: &Pool, owner: OwnerType, owner_id: Uuid, provider: &str) -> Result<Option<Quota>, StoreError> {
+/// The quota of an owner for a provider as the ledger has it: the stored row, with the spend
+/// committed since the last write-back of the counters added
+/// ([`PendingSpend`](crate::ledger::PendingSpend)).
+pub async fn get(db: &Database, owner: OwnerType, owner_id: Uuid, provider: &str) -> Result<Option<Quota>, StoreError> {
+    db.pending()
+        .read(
+            || stored(db.readers(), owner, owner_id, provider),
+            |pending, quota| pending.overlay(owner, owner_id, provider, quota),
+        )
+        .await
+}
+
+/// The quota row as stored, without spend pending write-back.
+async fn stored(pool: &Pool, owner: OwnerType, owner_id: Uuid, provider: &str) -> Result<Option<Quota>, StoreError> {
     let row = sqlx::query("SELECT * FROM quotas WHERE owner_type = $1 AND owner_id = $2 AND provider = $3")
         .bind(owner.as_str())
         .bind(owner_id.to_string())
@@ -178,7 +190,7 @@ pub async fn get(pool: &Pool, owner: OwnerType, owner_id: Uuid, provider: &str) 
 /// Sets the limit and period of a quota, creating it if needed; `used` is kept (a new period
 /// starts now, counting what was used so far).
 pub async fn put(
-    pool: &Pool,
+    db: &Database,
     owner: OwnerType,
     owner_id: Uuid,
     provider: &str,
@@ -199,19 +211,40 @@ pub async fn put(
     .bind(period.as_str())
     .bind(period.start(now))
     .bind(now)
-    .execute(pool)
+    .execute(db.pool())
     .await?;
-    get(pool, owner, owner_id, provider).await?.ok_or_else(|| StoreError::Corrupt("quota vanished after upsert".into()))
+    get(db, owner, owner_id, provider).await?.ok_or_else(|| StoreError::Corrupt("quota vanished after upsert".into()))
 }
 
-/// Every quota of an owner.
-pub async fn list(pool: &Pool, owner: OwnerType, owner_id: Uuid) -> Result<Vec<Quota>, StoreError> {
-    let rows = sqlx::query("SELECT * FROM quotas WHERE owner_type = $1 AND owner_id = $2 ORDER BY provider")
-        .bind(owner.as_str())
-        .bind(owner_id.to_string())
-        .fetch_all(pool)
-        .await?;
-    rows.iter().map(from_row).collect()
+/// Every quota of an owner, with the spend pending write-back added (as [`get`]).
+pub async fn list(db: &Database, owner: OwnerType, owner_id: Uuid) -> Result<Vec<Quota>, StoreError> {
+    let read = || async {
+        let rows = sqlx::query("SELECT * FROM quotas WHERE owner_type = $1 AND owner_id = $2 ORDER BY provider")
+            .bind(owner.as_str())
+            .bind(owner_id.to_string())
+            .fetch_all(db.readers())
+            .await?;
+        rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()
+    };
+    db.pending()
+        .read(read, |pending, stored| {
+            let mut quotas: Vec<Quota> = stored
+                .into_iter()
+                .filter_map(|q| {
+                    let provider = q.provider.clone();
+                    pending.overlay(owner, owner_id, &provider, Some(q))
+                })
+                .collect();
+            // A first spend not written back yet has no row.
+            for provider in pending.providers(owner, owner_id) {
+                if !quotas.iter().any(|q| q.provider == provider) {
+                    quotas.extend(pending.overlay(owner, owner_id, provider, None));
+                }
+            }
+            quotas.sort_by(|a, b| a.provider.cmp(&b.provider));
+            quotas
+        })
+        .await
 }
 
 /// Raises a quota's limit by `tokens` (a purchase).

@@ -15,7 +15,7 @@ use leaky_store::analytics::{AnalyticsSink, ReportQuery, SqlAnalytics, Totals};
 use leaky_store::bus::{BoxFuture, EventBus};
 use leaky_store::commit_feed::CommitFeed;
 use leaky_store::events::{Event, Outcome};
-use leaky_store::ledger::{Arbiter, Committed, Debit, LedgerWriter, Scope};
+use leaky_store::ledger::{Arbiter, Committed, Debit, LedgerWriter, Scope, WRITEBACK_EVERY};
 use leaky_store::policies::{self, Binding, NewVersion};
 use leaky_store::purchases::{self, Claim};
 use leaky_store::quotas::{self, OwnerType, Period};
@@ -79,16 +79,15 @@ async fn api_keys_are_found_by_hash_until_revoked(t: &TestDb) {
 }
 
 async fn quotas_keep_used_across_limit_changes(t: &TestDb) {
-    let pool = t.db.pool();
     let owner = user(&t.db, "quota").await;
-    assert!(quotas::get(pool, OwnerType::User, owner, "openai").await.unwrap().is_none());
-    let q = quotas::put(pool, OwnerType::User, owner, "openai", 100, Period::None).await.unwrap();
+    assert!(quotas::get(&t.db, OwnerType::User, owner, "openai").await.unwrap().is_none());
+    let q = quotas::put(&t.db, OwnerType::User, owner, "openai", 100, Period::None).await.unwrap();
     assert_eq!((q.limit, q.used, q.period), (100, 0, Period::None));
     debit_all(&t.db, owner, None, 30).await;
-    let q = quotas::put(pool, OwnerType::User, owner, "openai", 500, Period::Daily).await.unwrap();
+    let q = quotas::put(&t.db, OwnerType::User, owner, "openai", 500, Period::Daily).await.unwrap();
     assert_eq!((q.limit, q.used, q.period), (500, 30, Period::Daily));
-    quotas::put(pool, OwnerType::User, owner, "anthropic", 7, Period::Monthly).await.unwrap();
-    let listed = quotas::list(pool, OwnerType::User, owner).await.unwrap();
+    quotas::put(&t.db, OwnerType::User, owner, "anthropic", 7, Period::Monthly).await.unwrap();
+    let listed = quotas::list(&t.db, OwnerType::User, owner).await.unwrap();
     assert_eq!(listed.iter().map(|q| q.provider.as_str()).collect::<Vec<_>>(), ["anthropic", "openai"]);
 }
 
@@ -110,7 +109,7 @@ async fn idempotency_keys_and_the_purchase_saga(t: &TestDb) {
     let purchase = purchases::get(pool, id).await.unwrap().unwrap();
     purchases::credit_quota(pool, &purchase, None, 1000).await.unwrap();
     assert!(purchases::credit_quota(pool, &purchase, None, 1000).await.is_err(), "a purchase is credited once");
-    let quota = quotas::get(pool, OwnerType::User, buyer, "openai").await.unwrap().unwrap();
+    let quota = quotas::get(&t.db, OwnerType::User, buyer, "openai").await.unwrap().unwrap();
     assert_eq!(quota.limit, 1250);
     purchases::finish_saga(pool, id, "COMPLETED", "tokens credited").await.unwrap();
     purchases::finish(pool, buyer, "k1", 201, "{\"ok\":true}").await.unwrap();
@@ -222,7 +221,8 @@ fn debit(user: Uuid, org: Option<Uuid>, limit: i64) -> Debit {
 
 /// Commits `n` one-token debits of `user` through one writer.
 async fn debit_all(db: &Database, user: Uuid, org: Option<Uuid>, n: usize) {
-    let writer = LedgerWriter::spawn(db.pool().clone(), Arbiter::Database, Arc::new(CommitFeed::new()));
+    let writer =
+        LedgerWriter::start(db, Arbiter::Database, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap();
     for _ in 0..n {
         assert!(matches!(writer.debit(debit(user, org, 1_000_000)).await.unwrap(), Committed::Spent { .. }));
     }
@@ -233,8 +233,8 @@ async fn debit_all(db: &Database, user: Uuid, org: Option<Uuid>, n: usize) {
 async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
     let second = Database::open(&t.url).await.unwrap();
     let writers = [
-        LedgerWriter::spawn(t.db.pool().clone(), Arbiter::Database, Arc::new(CommitFeed::new())),
-        LedgerWriter::spawn(second.pool().clone(), Arbiter::Database, Arc::new(CommitFeed::new())),
+        LedgerWriter::start(&t.db, Arbiter::Database, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap(),
+        LedgerWriter::start(&second, Arbiter::Database, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap(),
     ];
     let owner = user(&t.db, "spender").await;
     let run = |users: Vec<Uuid>, org: Option<Uuid>, limit: i64, per_task: usize| {
@@ -267,13 +267,13 @@ async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
         Committed::Refused { scope, standing } => *scope == Scope::User && standing.used == 500,
         Committed::Recorded => false,
     }));
-    let stored = quotas::get(t.db.pool(), OwnerType::User, owner, "openai").await.unwrap().unwrap();
+    let stored = quotas::get(&t.db, OwnerType::User, owner, "openai").await.unwrap().unwrap();
     assert_eq!((stored.limit, stored.used), (500, 500));
     assert_eq!(leaky_store::ledger::consumed(t.db.pool(), owner, "openai").await.unwrap(), 500);
     assert_eq!(outbox::pending(t.db.pool()).await.unwrap(), 500, "one event per granted debit");
 
     let org = orgs::create(t.db.pool(), "shared").await.unwrap().id;
-    quotas::put(t.db.pool(), OwnerType::Org, org, "openai", 300, Period::None).await.unwrap();
+    quotas::put(&t.db, OwnerType::Org, org, "openai", 300, Period::None).await.unwrap();
     let members = vec![user(&t.db, "m1").await, user(&t.db, "m2").await, user(&t.db, "m3").await];
     for member in &members {
         users::set_org(t.db.pool(), *member, org).await.unwrap();
@@ -282,7 +282,7 @@ async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
     let spent = outcomes.iter().filter(|o| matches!(o, Committed::Spent { .. })).count();
     assert_eq!(spent, 300, "exactly the org quota is granted");
     assert!(outcomes.iter().any(|o| matches!(o, Committed::Refused { scope: Scope::Org, .. })));
-    let stored = quotas::get(t.db.pool(), OwnerType::Org, org, "openai").await.unwrap().unwrap();
+    let stored = quotas::get(&t.db, OwnerType::Org, org, "openai").await.unwrap().unwrap();
     assert_eq!(stored.used, 300);
     second.pool().close().await;
 }
@@ -292,10 +292,10 @@ async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
 /// its limit, an org quota its process charged counts too, one it did not is left alone (and
 /// none is created), a later period starts the count again and an earlier one no longer counts.
 async fn a_sole_writer_adds_up_what_its_book_decided(t: &TestDb) {
-    let writer = LedgerWriter::spawn(t.db.pool().clone(), Arbiter::Caller, Arc::new(CommitFeed::new()));
+    let writer =
+        LedgerWriter::start(&t.db, Arbiter::Caller, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap();
     let org = orgs::create(t.db.pool(), "tallied").await.unwrap().id;
-    let day =
-        quotas::put(t.db.pool(), OwnerType::Org, org, "openai", 10_000, Period::Daily).await.unwrap().period_start;
+    let day = quotas::put(&t.db, OwnerType::Org, org, "openai", 10_000, Period::Daily).await.unwrap().period_start;
     let uncharged = orgs::create(t.db.pool(), "no quota").await.unwrap().id;
     let (member, loner) = (user(&t.db, "member").await, user(&t.db, "loner").await);
     let charged = |user: Uuid, org: Option<(Uuid, Option<i64>)>| {
@@ -322,13 +322,19 @@ async fn a_sole_writer_adds_up_what_its_book_decided(t: &TestDb) {
     for task in tasks {
         task.await.unwrap();
     }
-    let used = |owner, id| async move {
-        quotas::get(t.db.pool(), owner, id, "openai").await.unwrap().map(|q| (q.limit, q.used))
-    };
-    assert_eq!(used(OwnerType::User, member).await, Some((1_000, 200)), "a first spend creates the row");
-    assert_eq!(used(OwnerType::User, loner).await, Some((1_000, 200)));
-    assert_eq!(used(OwnerType::Org, org).await, Some((10_000, 200)));
-    assert_eq!(used(OwnerType::Org, uncharged).await, None, "no org quota is created");
+    let used =
+        |owner, id| async move { quotas::get(&t.db, owner, id, "openai").await.unwrap().map(|q| (q.limit, q.used)) };
+    // Read as the service reads them (the rows with the spend pending write-back), then after
+    // the counters were written back to the rows.
+    for written_back in [false, true] {
+        if written_back {
+            writer.write_back().await.unwrap();
+        }
+        assert_eq!(used(OwnerType::User, member).await, Some((1_000, 200)), "a first spend creates the row");
+        assert_eq!(used(OwnerType::User, loner).await, Some((1_000, 200)));
+        assert_eq!(used(OwnerType::Org, org).await, Some((10_000, 200)));
+        assert_eq!(used(OwnerType::Org, uncharged).await, None, "no org quota is created");
+    }
     assert_eq!(leaky_store::ledger::consumed(t.db.pool(), member, "openai").await.unwrap(), 200);
     assert_eq!(outbox::pending(t.db.pool()).await.unwrap(), 400, "one event per debit");
 
@@ -336,11 +342,22 @@ async fn a_sole_writer_adds_up_what_its_book_decided(t: &TestDb) {
     let mut late = charged(member, Some((org, Some(next_day))));
     late.cost = 7;
     writer.debit(late).await.unwrap();
-    let stored = quotas::get(t.db.pool(), OwnerType::Org, org, "openai").await.unwrap().unwrap();
-    assert_eq!((stored.used, stored.period_start), (7, next_day), "a new period starts the count again");
+    for written_back in [false, true] {
+        if written_back {
+            writer.write_back().await.unwrap();
+        }
+        let stored = quotas::get(&t.db, OwnerType::Org, org, "openai").await.unwrap().unwrap();
+        assert_eq!((stored.used, stored.period_start), (7, next_day), "a new period starts the count again");
+    }
     writer.debit(charged(member, Some((org, Some(day))))).await.unwrap();
-    assert_eq!(used(OwnerType::Org, org).await, Some((10_000, 7)), "a debit of a period gone by no longer counts");
-    assert_eq!(used(OwnerType::User, member).await, Some((1_000, 208)));
+    for written_back in [false, true] {
+        if written_back {
+            writer.write_back().await.unwrap();
+        }
+        let org_used = used(OwnerType::Org, org).await;
+        assert_eq!(org_used, Some((10_000, 7)), "a debit of a period gone by no longer counts");
+        assert_eq!(used(OwnerType::User, member).await, Some((1_000, 208)));
+    }
 }
 
 /// Remembers what it was given.
@@ -392,8 +409,10 @@ async fn the_relay_publishes_every_committed_event_in_order(t: &TestDb) {
             })
         })
         .collect();
-    let writers = [t.db.pool().clone(), second.pool().clone()]
-        .map(|pool| LedgerWriter::spawn(pool, Arbiter::Database, Arc::new(CommitFeed::new())));
+    let writers = [
+        LedgerWriter::start(&t.db, Arbiter::Database, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap(),
+        LedgerWriter::start(&second, Arbiter::Database, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap(),
+    ];
     let mut committed = Vec::new();
     let tasks = debit_from_tasks(&writers, owner);
     for task in tasks {
@@ -423,7 +442,7 @@ async fn the_running_relay_publishes_handed_over_and_interleaved_events_in_order
     // As the service runs each database: its book deciding on SQLite, the database on PostgreSQL.
     let sqlite = t.db.backend() == leaky_store::Backend::Sqlite;
     let arbiter = if sqlite { Arbiter::Caller } else { Arbiter::Database };
-    let writer = LedgerWriter::spawn(t.db.pool().clone(), arbiter, Arc::clone(&feed));
+    let writer = LedgerWriter::start(&t.db, arbiter, WRITEBACK_EVERY, Arc::clone(&feed)).await.unwrap();
     let tasks = debit_from_tasks(&[writer], owner);
     let mut committed = Vec::new();
     for i in 0..5 {
@@ -473,10 +492,10 @@ async fn a_commit_that_fails_part_way_writes_nothing_and_the_next_one_commits(t:
     let owner = user(&t.db, "failing").await;
     let sqlite = t.db.backend() == leaky_store::Backend::Sqlite;
     let arbiter = if sqlite { Arbiter::Caller } else { Arbiter::Database };
-    let writer = LedgerWriter::spawn(t.db.pool().clone(), arbiter, Arc::new(CommitFeed::new()));
+    let writer = LedgerWriter::start(&t.db, arbiter, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap();
     let first = debit(owner, None, 1_000);
     writer.debit(first.clone()).await.unwrap();
-    let stored = || async { quotas::get(t.db.pool(), OwnerType::User, owner, "openai").await.unwrap().unwrap().used };
+    let stored = || async { quotas::get(&t.db, OwnerType::User, owner, "openai").await.unwrap().unwrap().used };
     let outbox_rows =
         || async { sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox").fetch_one(t.db.pool()).await.unwrap() };
     let (used, events) = (stored().await, outbox_rows().await);
@@ -501,7 +520,7 @@ async fn text_a_batch_carries_is_stored_as_it_was_given(t: &TestDb) {
     let awkward = r#"o"pen,ai\{x} NULL é"#;
     for arbiter in [Arbiter::Database, Arbiter::Caller] {
         let owner = user(&t.db, &format!("awkward {arbiter:?}")).await;
-        let writer = LedgerWriter::spawn(t.db.pool().clone(), arbiter, Arc::new(CommitFeed::new()));
+        let writer = LedgerWriter::start(&t.db, arbiter, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap();
         let debits: Vec<Debit> = (0..4)
             .map(|i| {
                 let mut d = debit(owner, None, 1_000);
@@ -527,7 +546,7 @@ async fn text_a_batch_carries_is_stored_as_it_was_given(t: &TestDb) {
             let id = format!("{awkward} request {i}");
             assert!(leaky_store::ledger::has_request(t.db.pool(), &id).await.unwrap(), "{id}");
         }
-        let quota = quotas::get(t.db.pool(), OwnerType::User, owner, awkward).await.unwrap().unwrap();
+        let quota = quotas::get(&t.db, OwnerType::User, owner, awkward).await.unwrap().unwrap();
         assert_eq!(quota.used, 4);
         for d in &debits {
             let payload: String = sqlx::query_scalar("SELECT payload FROM outbox WHERE event_id = $1")
@@ -545,7 +564,8 @@ async fn text_a_batch_carries_is_stored_as_it_was_given(t: &TestDb) {
 /// has not published yet, nor a published one still inside its keeping time.
 async fn published_events_past_their_keeping_time_are_pruned_and_the_rest_kept(t: &TestDb) {
     let owner = user(&t.db, "pruned").await;
-    let writer = LedgerWriter::spawn(t.db.pool().clone(), Arbiter::Database, Arc::new(CommitFeed::new()));
+    let writer =
+        LedgerWriter::start(&t.db, Arbiter::Database, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap();
     let outbox_rows =
         || async { sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox").fetch_one(t.db.pool()).await.unwrap() };
     for _ in 0..12 {

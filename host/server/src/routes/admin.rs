@@ -149,8 +149,10 @@ pub async fn put_quota(
         // Load the account first so the in-memory copy and the database agree on `used`.
         state.accounts.account(body.owner_id, &body.provider).await?;
     }
-    let quota =
-        quotas::put(state.db.pool(), body.owner_type, body.owner_id, &body.provider, body.limit, body.period).await?;
+    // Spend pending write-back is counted in the period it was decided in; written back after a
+    // change of period, it would no longer count.
+    state.consume.ledger().write_back().await?;
+    let quota = quotas::put(&state.db, body.owner_type, body.owner_id, &body.provider, body.limit, body.period).await?;
     state.accounts.apply_quota(&quota).await?;
     Ok(axum::Json(view(&quota)))
 }
@@ -175,7 +177,7 @@ pub async fn list_quotas(
     Query(q): Query<QuotaListQuery>,
 ) -> Result<axum::Json<Vec<QuotaView>>, ApiError> {
     caller.require_admin()?;
-    let mut list = quotas::list(state.db.pool(), q.owner_type, q.owner_id).await?;
+    let mut list = quotas::list(&state.db, q.owner_type, q.owner_id).await?;
     // The in-memory book is ahead of the database by the debits being committed right now.
     for quota in &mut list {
         if quota.owner_type == OwnerType::User {

@@ -238,7 +238,7 @@ impl Accounts {
 
     /// The stored quota of (user, provider), or the default for a first use.
     async fn stored_quota(&self, user: Uuid, provider: &str) -> Result<Quota, ApiError> {
-        let stored = quotas::get(self.db.readers(), OwnerType::User, user, provider).await?;
+        let stored = quotas::get(&self.db, OwnerType::User, user, provider).await?;
         Ok(stored.unwrap_or_else(|| Quota {
             owner_type: OwnerType::User,
             owner_id: user,
@@ -273,7 +273,7 @@ impl Accounts {
         if let Some(cell) = self.orgs.get(&key) {
             return Ok(cell.clone());
         }
-        let quota = quotas::get(self.db.readers(), OwnerType::Org, org, provider).await?;
+        let quota = quotas::get(&self.db, OwnerType::Org, org, provider).await?;
         let cell = self.orgs.entry(key).or_insert_with(|| quota.map(|q| Arc::new(Mutex::new(q))));
         Ok(cell.clone())
     }
@@ -293,11 +293,11 @@ impl Accounts {
         provider: &str,
         org: Option<&(Uuid, OrgCell)>,
     ) -> Result<(), ApiError> {
-        if let Some(q) = quotas::get(self.db.readers(), OwnerType::User, user, provider).await? {
+        if let Some(q) = quotas::get(&self.db, OwnerType::User, user, provider).await? {
             lock(account).quota.adopt(q.limit, q.used, q.period_start);
         }
         if let Some((id, cell)) = org
-            && let Some(q) = quotas::get(self.db.readers(), OwnerType::Org, *id, provider).await?
+            && let Some(q) = quotas::get(&self.db, OwnerType::Org, *id, provider).await?
         {
             lock(cell).adopt(q.limit, q.used, q.period_start);
         }

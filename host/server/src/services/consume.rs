@@ -97,6 +97,11 @@ impl ConsumeService {
         Self { accounts, policies, ledger, shared, counters: ConsumeCounters::register() }
     }
 
+    /// The ledger writer debits go to.
+    pub fn ledger(&self) -> &LedgerWriter {
+        &self.ledger
+    }
+
     /// The rate policy of a provider, as of now.
     pub fn policy(&self, provider: &str) -> Arc<BoundPolicy> {
         Arc::clone(&self.policies.snapshot().rate_for(provider).policy)

@@ -142,12 +142,25 @@ async fn two_thousand_concurrent_consumes_against_a_thousand_token_quota() {
     let quota: Value = app.get("/api/v1/tokens/quota?provider=openai", Some(&user.token)).await.json().await.unwrap();
     assert_eq!(quota["used"], 1000);
     assert_eq!(leaky_store::ledger::consumed(&app.pool, user.id, "openai").await.unwrap(), 1000);
-    // The stored counter, which the group commits add up, agrees with the book and the ledger.
-    let stored = leaky_store::quotas::get(&app.pool, leaky_store::quotas::OwnerType::User, user.id, "openai")
+    // The counter as the database has it (the row, with the spend pending write-back) agrees
+    // with the book and the ledger; within a write-back interval the row alone does too.
+    let stored = leaky_store::quotas::get(&app.db, leaky_store::quotas::OwnerType::User, user.id, "openai")
         .await
         .unwrap()
         .expect("the quota row");
     assert_eq!((stored.limit, stored.used), (1000, 1000));
+    let row_used = || async {
+        sqlx::query_scalar::<_, i64>("SELECT used FROM quotas WHERE owner_type = 'user' AND owner_id = $1")
+            .bind(user.id.to_string())
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while row_used().await != Some(1000) {
+        assert!(std::time::Instant::now() < deadline, "the counter was not written back: {:?}", row_used().await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let report = wait_for_report(&app, &user, |t| t["requests"] == 1000 && t["quotaRejected"] == 1000).await;
     assert_eq!(report["totals"]["tokens"], 1000);
     assert_eq!(report["totals"]["quotaRejected"], 1000);
@@ -206,7 +219,7 @@ async fn an_org_quota_shared_by_five_users_is_never_exceeded() {
         .unwrap();
     assert_eq!(quotas[0]["limit"], 300);
     let org_uuid = org_id.parse().unwrap();
-    let stored = leaky_store::quotas::get(&app.pool, leaky_store::quotas::OwnerType::Org, org_uuid, "openai")
+    let stored = leaky_store::quotas::get(&app.db, leaky_store::quotas::OwnerType::Org, org_uuid, "openai")
         .await
         .unwrap()
         .expect("the org quota row");
@@ -323,7 +336,7 @@ async fn accounts_dropped_from_the_book_under_load_never_let_a_quota_be_overspen
     for user in &users {
         for provider in &providers {
             assert_eq!(leaky_store::ledger::consumed(&app.pool, user.id, provider).await.unwrap(), 10);
-            let stored = leaky_store::quotas::get(&app.pool, leaky_store::quotas::OwnerType::User, user.id, provider)
+            let stored = leaky_store::quotas::get(&app.db, leaky_store::quotas::OwnerType::User, user.id, provider)
                 .await
                 .unwrap()
                 .expect("the quota row");

@@ -13,6 +13,8 @@ pub struct TestApp {
     pub base: String,
     pub client: Client,
     pub pool: leaky_store::Pool,
+    /// The app's database, to read quotas as the app does (with spend pending write-back).
+    pub db: leaky_store::Database,
     pub data: tempfile::TempDir,
 }
 
@@ -48,9 +50,10 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     adjust(&mut settings);
     let app = Application::build(settings).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
-    let pool = app.state().db.pool().clone();
+    let db = app.state().db.clone();
+    let pool = db.pool().clone();
     tokio::spawn(app.run_until_stopped());
-    TestApp { base, client: Client::new(), pool, data }
+    TestApp { base, client: Client::new(), pool, db, data }
 }
 
 /// A registered, logged-in user.

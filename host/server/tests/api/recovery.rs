@@ -32,7 +32,7 @@ async fn an_interrupted_purchase_is_resumed_at_start_and_credited_once() {
     assert_eq!(done.status, "COMPLETED");
     let steps: Vec<_> = done.steps.iter().map(|s| (s.step.as_str(), s.status.as_str())).collect();
     assert_eq!(steps, [("capture_payment", "DONE"), ("credit_quota", "DONE"), ("complete", "DONE")]);
-    let quota = leaky_store::quotas::get(&pool, leaky_store::quotas::OwnerType::User, user.id, "openai")
+    let quota = leaky_store::quotas::get(&app.state().db, leaky_store::quotas::OwnerType::User, user.id, "openai")
         .await
         .unwrap()
         .unwrap();

@@ -12,30 +12,42 @@
 //! replicas share, the transaction checks each debit against the stored quota counters (rows
 //! locked on PostgreSQL), so replicas each deciding from their own view never spend more than a
 //! quota holds together ([`Committed::Refused`], [`arbitrate`]); on a database only this process
-//! writes, its account book already decided and the transaction adds the debits to the counters
-//! without reading them ([`tally`]).
+//! writes, its account book already decided: the commit writes the ledger rows and events, and
+//! the debits' counters are written back once per interval instead of in every commit
+//! ([`PendingSpend`]; at start, [`LedgerWriter::start`] writes back what the last run left
+//! pending, from the ledger rows).
 
 mod arbitrate;
+mod pending;
 mod postgres;
+mod replay;
 mod tally;
 mod writes;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::commit_feed::{CommitFeed, CommittedEvents};
 use crate::events::Event;
-use crate::{Backend, Pool, StoreError, now_ms};
+use crate::{Backend, Database, Pool, StoreError, now_ms};
+pub use pending::PendingSpend;
+use tally::Tallies;
 use writes::Writes;
 
 /// Most writes in one transaction.
 pub const MAX_BATCH: usize = 2048;
-/// Most rows in one multi-row statement: at 8 columns a row, well inside both databases' limits
+/// Most rows in one multi-row statement: at 12 columns a row, well inside both databases' limits
 /// on bound parameters (SQLite 32,766, PostgreSQL 65,535) whatever the batch.
 const MAX_ROWS: usize = 1000;
 /// Writes queued before senders wait.
 const QUEUE: usize = 65_536;
+/// Quota rows with spend pending past which it is written back at once, whatever the interval.
+const MAX_PENDING_ROWS: usize = 100_000;
+/// How often the quota counters are written back on a database only this process writes, when
+/// the caller does not say.
+pub const WRITEBACK_EVERY: Duration = Duration::from_secs(1);
 
 /// One spend of tokens against a user's quota and, when the user is in one, an org's.
 #[derive(Clone, Debug)]
@@ -114,6 +126,8 @@ pub enum Committed {
 enum Write {
     Debit(Debit, oneshot::Sender<Result<Committed, StoreError>>),
     Event(Event),
+    /// Write the quota counters back in this commit, whatever the interval.
+    Counters(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// Who decides whether a debit fits its quotas.
@@ -134,18 +148,52 @@ pub struct LedgerWriter {
 }
 
 impl LedgerWriter {
-    /// Starts the writer task, deciding quotas as `arbiter` says. `committed` hears of every
-    /// commit (the outbox relay waits on it).
-    pub fn spawn(pool: Pool, arbiter: Arbiter, committed: Arc<CommitFeed>) -> Self {
+    /// Starts the writer task on `db`, deciding quotas as `arbiter` says. `committed` hears of
+    /// every commit (the outbox relay waits on it).
+    ///
+    /// With [`Arbiter::Caller`] on SQLite the quota counters are written back every
+    /// `writeback_every` (zero: in every commit), and first the counters of the consume rows the
+    /// last run committed without writing them back are; so start the writer before anything
+    /// reads a counter. Anywhere else every commit writes its counters.
+    pub async fn start(
+        db: &Database,
+        arbiter: Arbiter,
+        writeback_every: Duration,
+        committed: Arc<CommitFeed>,
+    ) -> Result<Self, StoreError> {
+        let backend = db.backend();
+        let deferred = arbiter == Arbiter::Caller && backend == Backend::Sqlite;
+        if backend == Backend::Sqlite {
+            let replayed = replay::replay(db.pool()).await?;
+            if replayed > 0 {
+                tracing::info!(replayed, "wrote back the quota counters of consumes the last run left pending");
+            }
+            metrics::counter!("leaky_ledger_replayed_total").increment(replayed);
+        }
+        let counters = Counters {
+            pending: Arc::clone(db.pending()),
+            writeback_every: if deferred { writeback_every } else { Duration::ZERO },
+            last_writeback: Instant::now(),
+            through_seq: backend == Backend::Sqlite,
+        };
+        let writer = Writer { pool: db.pool().clone(), backend, arbiter, counters };
         let (queue, receiver) = mpsc::channel(QUEUE);
-        crate::runtime::spawn(run(pool, arbiter, receiver, committed));
-        Self { queue }
+        crate::runtime::spawn(run(writer, receiver, committed));
+        Ok(Self { queue })
     }
 
     /// Commits a debit, unless a stored quota refuses it; returns once the answer is durable.
     pub async fn debit(&self, debit: Debit) -> Result<Committed, StoreError> {
         let (done, answer) = oneshot::channel();
         self.queue.send(Write::Debit(debit, done)).await.map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Writes the quota counters back now and returns once they are (before an admin changes
+    /// a quota's period, which a write-back of spend from the period before would then skip).
+    pub async fn write_back(&self) -> Result<(), StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.queue.send(Write::Counters(done)).await.map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -161,9 +209,66 @@ impl LedgerWriter {
 /// conflict (PostgreSQL, replicas committing at once).
 const RETRIES: usize = 3;
 
-async fn run(pool: Pool, arbiter: Arbiter, mut receiver: mpsc::Receiver<Write>, committed: Arc<CommitFeed>) {
+/// The ledger writer's database and how it keeps the quota counters.
+struct Writer {
+    pool: Pool,
+    backend: Backend,
+    arbiter: Arbiter,
+    counters: Counters,
+}
+
+/// How the writer keeps the quota counters with [`Arbiter::Caller`].
+struct Counters {
+    /// Spend committed and not written back (the database's readers add it).
+    pending: Arc<PendingSpend>,
+    /// How often pending spend is written back; zero: in every commit.
+    writeback_every: Duration,
+    /// When it was last written back.
+    last_writeback: Instant,
+    /// Whether `quota_writeback.through_seq` is kept (SQLite).
+    through_seq: bool,
+}
+
+impl Counters {
+    /// Whether the next commit writes the counters back.
+    fn writeback_due(&self) -> bool {
+        self.writeback_every.is_zero()
+            || self.last_writeback.elapsed() >= self.writeback_every
+            || self.pending.rows() >= MAX_PENDING_ROWS
+    }
+
+    /// When pending spend is due to be written back if no write comes first; `None` when none
+    /// is pending.
+    fn idle_writeback_at(&self) -> Option<Instant> {
+        (!self.writeback_every.is_zero() && self.pending.rows() > 0).then(|| self.last_writeback + self.writeback_every)
+    }
+}
+
+/// Sleeps until `at`; for ever when it is `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn run(mut writer: Writer, mut receiver: mpsc::Receiver<Write>, committed: Arc<CommitFeed>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = receiver.recv().await {
+    loop {
+        let idle_writeback = writer.counters.idle_writeback_at();
+        let first = tokio::select! {
+            write = receiver.recv() => match write {
+                Some(write) => write,
+                None => break,
+            },
+            () = sleep_until(idle_writeback) => {
+                // Idle: write back what the last commits left, in a commit of its own.
+                if let Err(err) = commit(&mut writer, &[], true).await {
+                    tracing::warn!(error = %err, "writing back the quota counters failed; it is tried again");
+                }
+                continue;
+            }
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
@@ -172,13 +277,14 @@ async fn run(pool: Pool, arbiter: Arbiter, mut receiver: mpsc::Receiver<Write>, 
             }
         }
         metrics::histogram!("leaky_ledger_batch_size").record(batch.len() as f64);
-        let started = std::time::Instant::now();
-        let mut result = commit(&pool, arbiter, &batch).await;
+        let started = Instant::now();
+        let writeback = batch.iter().any(|w| matches!(w, Write::Counters(_)));
+        let mut result = commit(&mut writer, &batch, writeback).await;
         for _ in 0..RETRIES {
             match &result {
                 Err(StoreError::Database(err)) if is_transient(err) => {
                     metrics::counter!("leaky_ledger_retries_total").increment(1);
-                    result = commit(&pool, arbiter, &batch).await;
+                    result = commit(&mut writer, &batch, writeback).await;
                 }
                 _ => break,
             }
@@ -195,7 +301,11 @@ async fn run(pool: Pool, arbiter: Arbiter, mut receiver: mpsc::Receiver<Write>, 
                             debit.event
                         }
                         (Write::Event(event), None) => event,
-                        // A debit always has an answer and an event never does.
+                        (Write::Counters(done), None) => {
+                            let _ = done.send(Ok(()));
+                            continue;
+                        }
+                        // A debit always has an answer, and nothing else does.
                         _ => continue,
                     };
                     if last_seq.is_some() && published {
@@ -213,13 +323,26 @@ async fn run(pool: Pool, arbiter: Arbiter, mut receiver: mpsc::Receiver<Write>, 
             Err(err) => {
                 tracing::error!(error = %err, writes = batch.len(), "ledger batch failed; every debit in it is refused");
                 for write in batch.drain(..) {
-                    if let Write::Debit(_, done) = write {
-                        let _ = done.send(Err(StoreError::CommitFailed(err.to_string())));
+                    match write {
+                        Write::Debit(_, done) => {
+                            let _ = done.send(Err(StoreError::CommitFailed(err.to_string())));
+                        }
+                        Write::Counters(done) => {
+                            let _ = done.send(Err(StoreError::CommitFailed(err.to_string())));
+                        }
+                        Write::Event(_) => {}
                     }
                 }
                 committed.committed(None);
             }
         }
+    }
+    // Every sender is gone (the service is stopping): what is pending goes back now rather than
+    // at the next start.
+    if writer.counters.pending.rows() > 0
+        && let Err(err) = commit(&mut writer, &[], true).await
+    {
+        tracing::warn!(error = %err, "writing back the quota counters at stop failed; the next start does");
     }
 }
 
@@ -229,27 +352,64 @@ fn is_transient(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
-/// Commits a batch in one transaction: decides the debits (as `arbiter` says) and writes the
-/// granted debits' ledger rows, the counters and the outbox events, one statement per table
-/// (on SQLite multi-row, up to [`MAX_ROWS`] rows each; on PostgreSQL one array per column:
-/// [`postgres`]); on SQLite with [`Arbiter::Caller`] as one script
-/// ([`writes`]). The answer has one entry per write (`None` for an event), and, from a script,
-/// the outbox `seq` of the last event written.
-async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Answers, StoreError> {
-    let now = now_ms();
+/// Commits a batch in one transaction: decides the debits (as the writer's arbiter says) and
+/// writes the granted debits' ledger rows, the counters and the outbox events, one statement per
+/// table (on SQLite multi-row, up to [`MAX_ROWS`] rows each; on PostgreSQL one array per column:
+/// [`postgres`]); on SQLite with [`Arbiter::Caller`] as one script ([`writes`]), whose counters
+/// are written back only when due or `writeback` says so (else the debits' tallies are added to
+/// the pending spend once the script committed). The answer has one entry per write (`None` for
+/// an event), and, from a script, the outbox `seq` of the last event written.
+async fn commit(writer: &mut Writer, batch: &[Write], writeback: bool) -> Result<Answers, StoreError> {
+    let (arbiter, backend) = (writer.arbiter, writer.backend);
     let debits: Vec<&Debit> = batch
         .iter()
         .filter_map(|w| match w {
             Write::Debit(d, _) => Some(d),
-            Write::Event(_) => None,
+            Write::Event(_) | Write::Counters(_) => None,
         })
         .collect();
-    let backend = Backend::of_url(pool.connect_options().database_url.as_str())?;
+    let tallies = match arbiter {
+        Arbiter::Caller => Tallies::of(&debits),
+        Arbiter::Database => Tallies::default(),
+    };
+    let counters = &mut writer.counters;
+    if arbiter == Arbiter::Caller && (writeback || counters.writeback_due()) {
+        let all = counters.pending.begin_writeback(tallies);
+        let result = write(&writer.pool, arbiter, backend, batch, &debits, Some(&all), counters.through_seq).await;
+        counters.pending.end_writeback(result.is_ok());
+        // A failed write-back keeps the spend pending and is tried again an interval later.
+        counters.last_writeback = Instant::now();
+        if result.is_ok() {
+            metrics::counter!("leaky_ledger_writebacks_total").increment(1);
+        }
+        return result;
+    }
+    let through_seq = counters.through_seq && arbiter == Arbiter::Database;
+    let answers = write(&writer.pool, arbiter, backend, batch, &debits, None, through_seq).await?;
+    if !tallies.is_empty() {
+        counters.pending.add(tallies);
+    }
+    Ok(answers)
+}
+
+/// Writes and commits a batch (see [`commit`]); `counters`, when given, are written back to the
+/// quota rows in the same transaction, and with `through_seq` the transaction records that the
+/// counters include every ledger row up to its own.
+async fn write(
+    pool: &Pool,
+    arbiter: Arbiter,
+    backend: Backend,
+    batch: &[Write],
+    debits: &[&Debit],
+    counters: Option<&Tallies>,
+    through_seq: bool,
+) -> Result<Answers, StoreError> {
+    let now = now_ms();
     let scripted = arbiter == Arbiter::Caller && backend == Backend::Sqlite;
     let mut tx = if scripted { None } else { Some(crate::database::begin(pool).await?) };
     let (granted, decisions) = match (arbiter, tx.as_mut()) {
         _ if debits.is_empty() => (Vec::new(), Vec::new()),
-        (Arbiter::Database, Some(tx)) => arbitrate::arbitrate(tx, &debits, backend, now).await?,
+        (Arbiter::Database, Some(tx)) => arbitrate::arbitrate(tx, debits, backend, now).await?,
         (Arbiter::Database, None) => return Err(StoreError::Corrupt("arbitration needs a transaction".into())),
         (Arbiter::Caller, _) => {
             let granted = debits.iter().map(|d| (*d, d.org.map(|(id, _)| id))).collect();
@@ -275,6 +435,7 @@ async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Answer
                 events.push(e);
                 answers.push(None);
             }
+            Write::Counters(_) => answers.push(None),
         }
     }
     let payloads = payloads(&events)?;
@@ -283,10 +444,19 @@ async fn commit(pool: &Pool, arbiter: Arbiter, batch: &[Write]) -> Result<Answer
         Some(tx) => Writes::Each { conn: tx, backend },
         None => Writes::script(),
     };
-    if arbiter == Arbiter::Caller && !debits.is_empty() {
-        tally::tally(&mut writes, &debits, now).await?;
+    if let Some(counters) = counters
+        && !counters.is_empty()
+    {
+        tally::write_back(&mut writes, counters, now).await?;
     }
     insert_ledger(&mut writes, &granted, now).await?;
+    if through_seq && (counters.is_some() || !granted.is_empty()) {
+        writes
+            .statement(|sql| {
+                sql.push(tally::WRITTEN_BACK_THROUGH_LAST_ROW);
+            })
+            .await?;
+    }
     insert_events(&mut writes, &events, &payloads, now).await?;
     let last_seq = match (writes.into_script(), tx) {
         // The last row the script inserted is its last outbox row.
@@ -323,13 +493,15 @@ async fn insert_ledger<'q>(
     if writes.backend() == Backend::Postgres {
         return postgres::insert_ledger(writes, granted, now).await;
     }
+    // With what writing its counters back needs, should the process stop before it does.
     for run in granted.chunks(MAX_ROWS) {
         writes
             .statement(|sql| {
                 sql.push(
-                    "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) ",
+                    "INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at, \
+                     cost, user_period_start, user_limit, org_period_start) ",
                 );
-                sql.padded_values(8, run, |row, (d, org)| {
+                sql.padded_values(12, run, |row, (d, org)| {
                     row.bind(d.entry_id.to_string())
                         .bind("consume")
                         .bind(d.user_id.to_string())
@@ -337,7 +509,11 @@ async fn insert_ledger<'q>(
                         .bind(d.provider.as_str())
                         .bind(i64::try_from(d.tokens).unwrap_or(i64::MAX))
                         .bind(d.request_id.as_deref())
-                        .bind(now);
+                        .bind(now)
+                        .bind(d.cost)
+                        .bind(d.user_period_start)
+                        .bind(d.user_limit)
+                        .bind(d.org.and_then(|(_, start)| start));
                 });
             })
             .await?;
