@@ -12,7 +12,12 @@ pub struct EngineConfig {
     pub max_memory_bytes: usize,
     /// Wasm stack available to a call, in bytes; deeper recursion traps.
     pub max_stack_bytes: usize,
-    /// Wall-clock budget of one call (enforced by epoch interruption).
+    /// Work budget of one call, in wasmtime fuel (about one unit per wasm instruction). It bounds
+    /// what a guest may compute whatever the machine's load: a call whose thread waits for a
+    /// core spends none of it.
+    pub call_fuel: u64,
+    /// Wall-clock budget of one call (enforced by epoch interruption): the backstop for a call
+    /// that stalls without computing, so generous that only such a call meets it.
     pub call_timeout: Duration,
     /// How often the epoch advances: the granularity of `call_timeout`.
     pub epoch_tick: Duration,
@@ -28,7 +33,10 @@ impl Default for EngineConfig {
             max_module_bytes: 4 * 1024 * 1024,
             max_memory_bytes: 16 * 1024 * 1024,
             max_stack_bytes: 256 * 1024,
-            call_timeout: Duration::from_millis(50),
+            // A strategy's decision burns a few thousand units; this is thousands of times that,
+            // a few milliseconds of work.
+            call_fuel: 20_000_000,
+            call_timeout: Duration::from_secs(1),
             epoch_tick: Duration::from_millis(5),
             max_idle_instances: 64,
             cache_dir: None,

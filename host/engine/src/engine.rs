@@ -56,11 +56,12 @@ impl Policy {
 }
 
 impl PolicyEngine {
-    /// Starts an engine: wasmtime configured for sandboxed synchronous calls, and a thread that
-    /// advances the epoch every `epoch_tick` for as long as the engine lives.
+    /// Starts an engine: wasmtime configured for sandboxed synchronous calls metered in fuel, and
+    /// a thread that advances the epoch every `epoch_tick` for as long as the engine lives.
     pub fn new(config: EngineConfig) -> Result<Self, LoadError> {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
+            .consume_fuel(true)
             .epoch_interruption(true)
             .max_wasm_stack(config.max_stack_bytes)
             // Synchronous calls only; with this on (the default since wasmtime 43) every call

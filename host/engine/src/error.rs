@@ -57,7 +57,13 @@ pub enum LoadError {
 /// fresh one, so one misbehaving request does not poison the policy.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    /// The call ran past its deadline (an endless loop, or far too much work).
+    /// The call used up its fuel (an endless loop, or far too much work).
+    #[error("policy used up its budget of {fuel} fuel (an endless loop, or far too much work)")]
+    OutOfFuel {
+        /// The budget of one call.
+        fuel: u64,
+    },
+    /// The call ran past its wall-clock deadline without using up its fuel (it stalled).
     #[error("policy ran past its {0:?} deadline")]
     Timeout(Duration),
     /// The guest tried to grow its memory past the cap.

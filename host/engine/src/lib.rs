@@ -6,7 +6,8 @@
 //!   imports anything (the host links nothing: no environment, files, network or clock) or
 //!   exports no known world, and returns a [`Policy`].
 //! - Calls run on warm instances: a decision never instantiates, except to replace an instance
-//!   that misbehaved. Every call has an epoch deadline; every instance a memory cap.
+//!   that misbehaved. Every call has a fuel budget and an epoch deadline; every instance a
+//!   memory cap.
 //! - Guests are not trusted: every verdict is checked before the host acts on it, and each way a
 //!   guest can misbehave is a typed [`GuestError`].
 

@@ -45,7 +45,9 @@ impl<G> InstancePool<G> {
             Some(warm) => warm,
             None => self.instantiate()?,
         };
-        warm.store.set_epoch_deadline(self.config.deadline_ticks());
+        if let Err(err) = arm(&mut warm.store, &self.config) {
+            return Err(classify(&err, &warm.store, &self.config));
+        }
         match call(&mut warm.store, &warm.guest) {
             Ok(value) => {
                 self.put_back(warm);
@@ -78,7 +80,7 @@ impl<G> InstancePool<G> {
 
     fn instantiate(&self) -> Result<Warm<G>, GuestError> {
         let mut store = Sandbox::store(self.pre.engine(), &self.config);
-        store.set_epoch_deadline(self.config.deadline_ticks());
+        arm(&mut store, &self.config).map_err(|err| GuestError::Instantiate(format!("{err:#}")))?;
         let instance = self.pre.instantiate(&mut store).map_err(|err| match classify(&err, &store, &self.config) {
             GuestError::Trap(reason) => GuestError::Instantiate(reason),
             other => other,
@@ -86,4 +88,11 @@ impl<G> InstancePool<G> {
         let guest = (self.load)(&mut store, &instance).map_err(|err| GuestError::Instantiate(format!("{err:#}")))?;
         Ok(Warm { store, guest })
     }
+}
+
+/// Gives `store` a whole call's budgets: its fuel and its epoch deadline.
+fn arm(store: &mut Store<Sandbox>, config: &EngineConfig) -> wasmtime::Result<()> {
+    store.set_fuel(config.call_fuel)?;
+    store.set_epoch_deadline(config.deadline_ticks());
+    Ok(())
 }

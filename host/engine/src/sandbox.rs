@@ -52,6 +52,7 @@ pub(crate) fn classify(err: &wasmtime::Error, store: &Store<Sandbox>, config: &E
         return GuestError::MemoryLimit { limit: config.max_memory_bytes };
     }
     match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => GuestError::OutOfFuel { fuel: config.call_fuel },
         Some(Trap::Interrupt) => GuestError::Timeout(config.call_timeout),
         Some(Trap::StackOverflow) => GuestError::StackOverflow,
         Some(trap) => GuestError::Trap(trap.to_string()),

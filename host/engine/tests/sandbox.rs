@@ -4,7 +4,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use leaky_engine::{EngineConfig, GuestError, LoadError, Outcome, PolicyEngine, RateLimiter};
 use support::{engine, fixture, params, policy, production_engine, request};
@@ -29,15 +29,24 @@ fn decide_error(engine: &PolicyEngine, name: &str) -> (RateLimiter, GuestError) 
 }
 
 #[test]
-fn an_endless_loop_hits_the_deadline() {
+fn an_endless_loop_runs_out_of_fuel() {
     let e = production_engine();
+    let (_, err) = decide_error(&e, "infinite-loop");
+    assert!(matches!(err, GuestError::OutOfFuel { fuel } if fuel == EngineConfig::default().call_fuel), "{err:?}");
+    assert_healthy(&e);
+}
+
+#[test]
+fn an_endless_loop_with_fuel_to_spare_hits_the_wall_clock_deadline() {
+    let config =
+        EngineConfig { call_fuel: u64::MAX, call_timeout: Duration::from_millis(50), ..EngineConfig::default() };
+    let e = PolicyEngine::new(config).expect("engine");
     let started = Instant::now();
     let (_, err) = decide_error(&e, "infinite-loop");
-    assert!(matches!(err, GuestError::Timeout(_)), "{err:?}");
+    assert!(matches!(err, GuestError::Timeout(limit) if limit == Duration::from_millis(50)), "{err:?}");
     // Two calls, each cut off by the epoch deadline (not a wall-time assertion on speed: a
     // generous ceiling that only an unbounded call could break).
     assert!(started.elapsed().as_secs() < 30);
-    assert_healthy(&e);
 }
 
 #[test]

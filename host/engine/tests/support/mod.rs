@@ -28,11 +28,11 @@ pub fn fixture(name: &str) -> Vec<u8> {
     read(workspace().join("guests/fixtures/wasm").join(format!("{name}.wasm")))
 }
 
-/// An engine with the default limits, no compile cache, and a call deadline far beyond any
-/// honest call. The production deadline (50 ms of wall time) is what a starved thread on a busy
-/// test machine can outlast, turning the failure a test expects (a memory cap, a stack
-/// overflow) into a timeout; only the deadline's own test runs with it
-/// ([`production_engine`]).
+/// An engine with the default limits, no compile cache, and a wall-clock deadline far beyond
+/// any honest call. Fuel bounds a guest's work whatever the machine's load, but the wall-clock
+/// backstop is what a starved thread on a busy test machine can outlast, turning the failure a
+/// test expects (a memory cap, a stack overflow) into a timeout; the deadline's own tests set
+/// theirs.
 pub fn engine() -> PolicyEngine {
     PolicyEngine::new(EngineConfig { call_timeout: Duration::from_secs(10), ..EngineConfig::default() })
         .expect("engine starts")
