@@ -88,7 +88,7 @@ impl Replica {
             .env("LEAKY_TOKEN__BUCKET__CAPACITY", "1000000000")
             .env("LEAKY_TOKEN__BUCKET__LEAK_RATE_PER_SECOND", "1000000000")
             .env("LEAKY_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(Stdio::inherit())
             .spawn()
             .expect("leaky serve starts");
         Self { child, base: format!("http://127.0.0.1:{port}"), _data: data }
