@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use leaky_engine::{EngineConfig, PolicyEngine};
-use leaky_store::Database;
 use leaky_store::analytics::{AnalyticsSink, SqlAnalytics};
 use leaky_store::bus::{EventBus, InProcessBus};
 use leaky_store::commit_feed::CommitFeed;
 use leaky_store::ledger::{Arbiter, LedgerWriter};
 use leaky_store::schema::Schema;
+use leaky_store::sole_writer::{Claim, SoleWriter};
+use leaky_store::{Backend, Database};
 use tokio::net::TcpListener;
 
 use crate::auth::{JwtKeys, hash_password, load_or_generate_jwt_secret};
@@ -43,7 +44,14 @@ impl Application {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
         let schema = if settings.database.migrate_on_start { Schema::Migrate } else { Schema::RequireCurrent };
-        let db = Database::open_with(&settings.database_url(), schema).await.context("cannot open the database")?;
+        let url = settings.database_url();
+        // One process serves an embedded database: claimed before anything opens it.
+        let sole_writer = match Backend::of_url(&url)? {
+            Backend::Sqlite if settings.database.quota_writeback_ms > 0 => SoleWriter::claim(&url, Claim::Sole)?,
+            Backend::Sqlite => SoleWriter::claim(&url, Claim::Shared)?,
+            Backend::Postgres => None,
+        };
+        let db = Database::open_with(&url, schema).await.context("cannot open the database")?;
         let engine = PolicyEngine::new(EngineConfig {
             cache_dir: Some(
                 settings.policies.cache_dir.clone().unwrap_or_else(|| settings.data_dir.join("compile-cache")),
@@ -104,6 +112,7 @@ impl Application {
             analytics,
             metrics,
             dummy_hash: Arc::new(hash_password("not a real password".into()).await?),
+            sole_writer,
         });
         let resumed = sagas.resume_pending().await.map_err(|e| anyhow::anyhow!("resuming purchases: {e}"))?;
         if resumed > 0 {

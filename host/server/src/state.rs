@@ -65,4 +65,7 @@ pub struct Shared {
     /// A password hash checked for unknown users, so a wrong username costs what a wrong
     /// password does.
     pub dummy_hash: Arc<String>,
+    /// This process's claim on the embedded database (none on PostgreSQL), held while the
+    /// service runs.
+    pub sole_writer: Option<leaky_store::sole_writer::SoleWriter>,
 }

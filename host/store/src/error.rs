@@ -27,6 +27,9 @@ pub enum StoreError {
     /// The ledger writer has stopped (the process is shutting down).
     #[error("the ledger writer has stopped")]
     WriterGone,
+    /// Another process serves the embedded database ([`crate::sole_writer`]).
+    #[error("{0}")]
+    InUse(String),
     /// A stored value could not be decoded.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),

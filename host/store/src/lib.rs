@@ -33,6 +33,7 @@ pub mod quotas;
 pub mod rate_state;
 mod runtime;
 pub mod schema;
+pub mod sole_writer;
 pub mod sql;
 pub mod users;
 

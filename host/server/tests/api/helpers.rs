@@ -38,6 +38,13 @@ pub fn test_settings(data: &std::path::Path) -> Settings {
     s
 }
 
+/// Settings for a process that shares its SQLite file with others, standing in for replicas
+/// (which in production share PostgreSQL): the quota counters written in every commit, so no
+/// process holds spend pending and the file may be claimed by several.
+pub fn on_a_shared_file(s: &mut Settings) {
+    s.database.quota_writeback_ms = 0;
+}
+
 /// Spawns the app with default test settings.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, User, policies_dir, spawn_app_with};
+use crate::helpers::{TestApp, User, on_a_shared_file, policies_dir, spawn_app_with};
 use crate::policies::{component, with_custom_section};
 
 /// How the rate limit of `provider` answers now: `module capacity`.
@@ -93,9 +93,13 @@ async fn wait_for_metric(app: &TestApp, name: &str, label: &str, at_least: f64) 
 
 #[tokio::test]
 async fn a_change_on_one_replica_is_enforced_by_the_other_within_two_seconds() {
-    let first = spawn_app_with(|_| {}).await;
+    let first = spawn_app_with(on_a_shared_file).await;
     let shared = format!("sqlite://{}", first.data.path().join("leaky.db").display());
-    let second = spawn_app_with(move |s| s.database.url = Some(shared)).await;
+    let second = spawn_app_with(move |s| {
+        on_a_shared_file(s);
+        s.database.url = Some(shared);
+    })
+    .await;
     let admin = first.admin().await;
     let user = first.user().await;
     let params = "?capacity=100&window_seconds=60";
@@ -120,6 +124,10 @@ async fn a_change_on_one_replica_is_enforced_by_the_other_within_two_seconds() {
 
     // A replica that starts later loads the active set from the database.
     let shared = format!("sqlite://{}", first.data.path().join("leaky.db").display());
-    let third = spawn_app_with(move |s| s.database.url = Some(shared)).await;
+    let third = spawn_app_with(move |s| {
+        on_a_shared_file(s);
+        s.database.url = Some(shared);
+    })
+    .await;
     assert_eq!(answer(&third, &user, "acme").await, "team@1 100");
 }

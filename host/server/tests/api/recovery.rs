@@ -1,5 +1,6 @@
-//! A purchase interrupted by a crash is finished at the next start, credited once, and its
-//! idempotency key then replays the final answer.
+//! Starts: a purchase interrupted by a crash is finished at the next start, credited once, and
+//! its idempotency key then replays the final answer; a second process is refused the embedded
+//! database the first serves.
 
 use leaky_server::Application;
 use leaky_store::purchases::{self, Claim};
@@ -82,4 +83,17 @@ async fn one_saga_resumed_by_several_processes_at_once_credits_once_and_refunds_
     let credits: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE kind = 'purchase'").fetch_one(&pool).await.unwrap();
     assert_eq!(credits, 1);
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_embedded_database_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let first = Application::build(test_settings(data.path())).await.unwrap();
+    let refused = Application::build(test_settings(data.path())).await.err().expect("refused while the first runs");
+    let message = format!("{refused:#}");
+    assert!(message.contains("another process serves the database"), "{message}");
+    assert!(message.contains("leaky.db-writer.lock"), "the message names the lock: {message}");
+    drop(first);
+    // Once the first is gone (as when its process ends), the next one starts.
+    Application::build(test_settings(data.path())).await.expect("starts after the first stopped");
 }

@@ -15,7 +15,7 @@ use leaky_server::settings::{Settings, WhenUnavailable};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, User, spawn_app_with};
+use crate::helpers::{TestApp, User, on_a_shared_file, spawn_app_with};
 
 fn redis_absent() -> bool {
     let absent = std::env::var("LEAKY_TEST_REDIS").is_ok_and(|v| v == "absent");
@@ -133,10 +133,15 @@ async fn two_replicas_sharing_redis_never_both_spend_the_same_capacity() {
     }
     let prefix = format!("leaky-test-{}:", Uuid::new_v4().simple());
     // 100 tokens and a refill of 0.001 per second: over this test, exactly 100 can be admitted.
-    let first = spawn_app_with(replica(&prefix, None, token_bucket(100, 0.001))).await;
+    let first = spawn_app_with(replica(&prefix, None, |s| {
+        token_bucket(100, 0.001)(s);
+        on_a_shared_file(s);
+    }))
+    .await;
     let shared = format!("sqlite://{}", first.data.path().join("leaky.db").display());
     let second = spawn_app_with(replica(&prefix, None, move |s| {
         token_bucket(100, 0.001)(s);
+        on_a_shared_file(s);
         s.database.url = Some(shared);
     }))
     .await;
@@ -173,10 +178,15 @@ async fn a_replica_decides_from_the_state_it_last_saw_and_learns_another_replica
     }
     let redis = OwnRedis::start();
     // 10 tokens, refilling 0.001 per second: none come back during the test.
-    let first = spawn_app_with(replica("leaky-test:", Some(redis.url()), token_bucket(10, 0.001))).await;
+    let first = spawn_app_with(replica("leaky-test:", Some(redis.url()), |s| {
+        token_bucket(10, 0.001)(s);
+        on_a_shared_file(s);
+    }))
+    .await;
     let shared = format!("sqlite://{}", first.data.path().join("leaky.db").display());
     let second = spawn_app_with(replica("leaky-test:", Some(redis.url()), move |s| {
         token_bucket(10, 0.001)(s);
+        on_a_shared_file(s);
         s.database.url = Some(shared);
     }))
     .await;
