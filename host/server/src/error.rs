@@ -79,6 +79,11 @@ impl From<leaky_store::StoreError> for ApiError {
         match err {
             leaky_store::StoreError::Conflict(what) => Self::Conflict(format!("{what} is already taken")),
             leaky_store::StoreError::WriterGone => Self::Unavailable("the service is shutting down"),
+            // Every connection stayed busy for the pool's whole wait: overload, not a fault.
+            leaky_store::StoreError::Database(sqlx::Error::PoolTimedOut) => {
+                tracing::warn!("no database connection came free in time");
+                Self::Unavailable("the database is busy; nothing was changed, retry")
+            }
             leaky_store::StoreError::CommitFailed(reason) => {
                 tracing::error!(%reason, "group commit failed");
                 Self::Unavailable("the ledger could not commit; nothing was spent, retry")
@@ -167,5 +172,18 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"leaky-tokens\""));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_too_busy_to_lend_a_connection_is_503_and_other_faults_500() {
+        let busy: ApiError = leaky_store::StoreError::Database(sqlx::Error::PoolTimedOut).into();
+        assert_eq!(busy.parts(), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+        let broken: ApiError = leaky_store::StoreError::Corrupt("a row".into()).into();
+        assert_eq!(broken.parts(), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
     }
 }
