@@ -227,14 +227,10 @@ pub async fn list(db: &Database, owner: OwnerType, owner_id: Uuid) -> Result<Vec
         rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()
     };
     db.pending()
-        .read(read, |pending, stored| {
-            let mut quotas: Vec<Quota> = stored
-                .into_iter()
-                .filter_map(|q| {
-                    let provider = q.provider.clone();
-                    pending.overlay(owner, owner_id, &provider, Some(q))
-                })
-                .collect();
+        .read(read, |pending, mut quotas| {
+            for quota in &mut quotas {
+                pending.add_to(quota);
+            }
             // A first spend not written back yet has no row.
             for provider in pending.providers(owner, owner_id) {
                 if !quotas.iter().any(|q| q.provider == provider) {

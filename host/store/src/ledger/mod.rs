@@ -174,7 +174,6 @@ impl LedgerWriter {
             pending: Arc::clone(db.pending()),
             writeback_every: if deferred { writeback_every } else { Duration::ZERO },
             last_writeback: Instant::now(),
-            through_seq: backend == Backend::Sqlite,
         };
         let writer = Writer { pool: db.pool().clone(), backend, arbiter, counters };
         let (queue, receiver) = mpsc::channel(QUEUE);
@@ -225,8 +224,6 @@ struct Counters {
     writeback_every: Duration,
     /// When it was last written back.
     last_writeback: Instant,
-    /// Whether `quota_writeback.through_seq` is kept (SQLite).
-    through_seq: bool,
 }
 
 impl Counters {
@@ -372,10 +369,12 @@ async fn commit(writer: &mut Writer, batch: &[Write], writeback: bool) -> Result
         Arbiter::Caller => Tallies::of(&debits),
         Arbiter::Database => Tallies::default(),
     };
+    // SQLite records how far the counters include the ledger (`quota_writeback.through_seq`).
+    let keeps_through_seq = backend == Backend::Sqlite;
     let counters = &mut writer.counters;
     if arbiter == Arbiter::Caller && (writeback || counters.writeback_due()) {
         let all = counters.pending.begin_writeback(tallies);
-        let result = write(&writer.pool, arbiter, backend, batch, &debits, Some(&all), counters.through_seq).await;
+        let result = write(&writer.pool, arbiter, backend, batch, &debits, Some(&all), keeps_through_seq).await;
         counters.pending.end_writeback(result.is_ok());
         // A failed write-back keeps the spend pending and is tried again an interval later.
         counters.last_writeback = Instant::now();
@@ -384,7 +383,7 @@ async fn commit(writer: &mut Writer, batch: &[Write], writeback: bool) -> Result
         }
         return result;
     }
-    let through_seq = counters.through_seq && arbiter == Arbiter::Database;
+    let through_seq = keeps_through_seq && arbiter == Arbiter::Database;
     let answers = write(&writer.pool, arbiter, backend, batch, &debits, None, through_seq).await?;
     if !tallies.is_empty() {
         counters.pending.add(tallies);

@@ -126,16 +126,27 @@ impl Tallies {
         self.users.len() + self.orgs.len()
     }
 
-    /// The providers of `owner`'s tallied quota rows.
-    pub(crate) fn providers(&self, owner: OwnerType, owner_id: Uuid) -> impl Iterator<Item = &str> {
-        let tallies = match owner {
+    /// The tallies of users' rows, or of orgs'.
+    fn of_owners(&self, owner: OwnerType) -> &BTreeMap<Row, Tally> {
+        match owner {
             OwnerType::User => &self.users,
             OwnerType::Org => &self.orgs,
-        };
-        tallies
+        }
+    }
+
+    /// The providers of `owner`'s tallied quota rows.
+    pub(crate) fn providers(&self, owner: OwnerType, owner_id: Uuid) -> impl Iterator<Item = &str> {
+        self.of_owners(owner)
             .range((owner_id, String::new())..)
             .take_while(move |((id, _), _)| *id == owner_id)
             .map(|((_, provider), _)| provider.as_str())
+    }
+
+    /// `quota` (a stored row) with its tally, if any, written back to it.
+    pub(crate) fn add_to(&self, quota: &mut Quota) {
+        if let Some(tally) = self.of_owners(quota.owner_type).get(&(quota.owner_id, quota.provider.clone())) {
+            tally.apply(quota);
+        }
     }
 
     /// The quota of `owner` for `provider` as stored (`stored`), with these tallies written back
@@ -148,17 +159,13 @@ impl Tallies {
         provider: &str,
         stored: Option<Quota>,
     ) -> Option<Quota> {
-        let tallies = match owner {
-            OwnerType::User => &self.users,
-            OwnerType::Org => &self.orgs,
-        };
-        let Some(tally) = tallies.get(&(owner_id, provider.to_string())) else { return stored };
-        match (stored, owner) {
-            (Some(mut quota), _) => {
+        let tally = self.of_owners(owner).get(&(owner_id, provider.to_string()));
+        match (stored, tally) {
+            (Some(mut quota), Some(tally)) => {
                 tally.apply(&mut quota);
                 Some(quota)
             }
-            (None, OwnerType::User) => Some(Quota {
+            (None, Some(tally)) if owner == OwnerType::User => Some(Quota {
                 owner_type: owner,
                 owner_id,
                 provider: provider.to_string(),
@@ -167,7 +174,7 @@ impl Tallies {
                 period: Period::None,
                 period_start: tally.period_start,
             }),
-            (None, OwnerType::Org) => None,
+            (stored, _) => stored,
         }
     }
 }
