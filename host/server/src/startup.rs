@@ -10,7 +10,7 @@ use leaky_store::bus::{EventBus, InProcessBus};
 use leaky_store::commit_feed::CommitFeed;
 use leaky_store::ledger::{Arbiter, LedgerWriter};
 use leaky_store::schema::Schema;
-use leaky_store::sole_writer::{Claim, SoleWriter};
+use leaky_store::writer_claim::{Claim, WriterClaim};
 use leaky_store::{Backend, Database};
 use tokio::net::TcpListener;
 
@@ -46,9 +46,9 @@ impl Application {
         let schema = if settings.database.migrate_on_start { Schema::Migrate } else { Schema::RequireCurrent };
         let url = settings.database_url();
         // One process serves an embedded database: claimed before anything opens it.
-        let sole_writer = match Backend::of_url(&url)? {
-            Backend::Sqlite if settings.database.quota_writeback_ms > 0 => SoleWriter::claim(&url, Claim::Sole)?,
-            Backend::Sqlite => SoleWriter::claim(&url, Claim::Shared)?,
+        let writer_claim = match Backend::of_url(&url)? {
+            Backend::Sqlite if settings.database.quota_writeback_ms > 0 => WriterClaim::claim(&url, Claim::Sole)?,
+            Backend::Sqlite => WriterClaim::claim(&url, Claim::Shared)?,
             Backend::Postgres => None,
         };
         let db = Database::open_with(&url, schema).await.context("cannot open the database")?;
@@ -112,7 +112,7 @@ impl Application {
             analytics,
             metrics,
             dummy_hash: Arc::new(hash_password("not a real password".into()).await?),
-            sole_writer,
+            writer_claim,
         });
         let resumed = sagas.resume_pending().await.map_err(|e| anyhow::anyhow!("resuming purchases: {e}"))?;
         if resumed > 0 {

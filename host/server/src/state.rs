@@ -67,5 +67,5 @@ pub struct Shared {
     pub dummy_hash: Arc<String>,
     /// This process's claim on the embedded database (none on PostgreSQL), held while the
     /// service runs.
-    pub sole_writer: Option<leaky_store::sole_writer::SoleWriter>,
+    pub writer_claim: Option<leaky_store::writer_claim::WriterClaim>,
 }

@@ -27,7 +27,7 @@ pub enum StoreError {
     /// The ledger writer has stopped (the process is shutting down).
     #[error("the ledger writer has stopped")]
     WriterGone,
-    /// Another process serves the embedded database ([`crate::sole_writer`]).
+    /// Another process serves the embedded database ([`crate::writer_claim`]).
     #[error("{0}")]
     InUse(String),
     /// A stored value could not be decoded.

@@ -33,9 +33,9 @@ pub mod quotas;
 pub mod rate_state;
 mod runtime;
 pub mod schema;
-pub mod sole_writer;
 pub mod sql;
 pub mod users;
+pub mod writer_claim;
 
 pub use database::{Backend, Database, Pool, begin, now_ms};
 pub use error::StoreError;

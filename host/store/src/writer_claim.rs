@@ -29,12 +29,12 @@ pub enum Claim {
 
 /// This process's claim on an embedded database; released when dropped.
 #[derive(Debug)]
-pub struct SoleWriter {
+pub struct WriterClaim {
     _lock: File,
     path: PathBuf,
 }
 
-impl SoleWriter {
+impl WriterClaim {
     /// Claims the SQLite database at `url` (`sqlite://path[?options]`) as `claim` says, or says
     /// which lock another process holds. An in-memory database needs no claim (`None`).
     pub fn claim(url: &str, claim: Claim) -> Result<Option<Self>, StoreError> {
@@ -81,16 +81,16 @@ mod tests {
     fn a_second_claim_is_refused_until_the_first_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}?cache=private", dir.path().join("leaky.db").display());
-        let first = SoleWriter::claim(&url, Claim::Sole).expect("claims").expect("a file database");
+        let first = WriterClaim::claim(&url, Claim::Sole).expect("claims").expect("a file database");
         assert!(first.path().ends_with("leaky.db-writer.lock"), "{}", first.path().display());
-        let refused = SoleWriter::claim(&url, Claim::Sole).expect_err("held");
+        let refused = WriterClaim::claim(&url, Claim::Sole).expect_err("held");
         assert!(refused.to_string().contains("another process serves the database"), "{refused}");
-        assert!(SoleWriter::claim(&url, Claim::Shared).is_err(), "not beside a sole writer either");
+        assert!(WriterClaim::claim(&url, Claim::Shared).is_err(), "not beside a sole writer either");
         drop(first);
-        let shared = SoleWriter::claim(&url, Claim::Shared).expect("claims").expect("a file database");
-        assert!(SoleWriter::claim(&url, Claim::Shared).expect("shares").is_some());
-        assert!(SoleWriter::claim(&url, Claim::Sole).is_err(), "not beside shared writers");
+        let shared = WriterClaim::claim(&url, Claim::Shared).expect("claims").expect("a file database");
+        assert!(WriterClaim::claim(&url, Claim::Shared).expect("shares").is_some());
+        assert!(WriterClaim::claim(&url, Claim::Sole).is_err(), "not beside shared writers");
         drop(shared);
-        assert!(SoleWriter::claim("sqlite::memory:", Claim::Sole).expect("nothing to claim").is_none());
+        assert!(WriterClaim::claim("sqlite::memory:", Claim::Sole).expect("nothing to claim").is_none());
     }
 }
