@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use leaky_engine::{EngineConfig, PolicyEngine};
-use leaky_store::analytics::{AnalyticsSink, SqlAnalytics};
+use leaky_store::analytics::{AnalyticsSink, SqlAnalytics, rollup};
 use leaky_store::bus::{EventBus, InProcessBus};
 use leaky_store::commit_feed::CommitFeed;
 use leaky_store::ledger::{Arbiter, LedgerWriter};
@@ -73,6 +73,9 @@ impl Application {
             .await
             .context("cannot start the ledger writer")?;
         let analytics = analytics_sink(&settings, &db).await?;
+        if settings.analytics.backend == AnalyticsBackend::Sql && db.backend() == Backend::Sqlite {
+            rollup::spawn(db.pool().clone(), rollup::ROLL_UP_EVERY);
+        }
         let bus = event_bus(&settings.kafka, &analytics).await?;
         leaky_store::outbox::spawn_relay(db.clone(), bus, committed);
         let keep_published = std::time::Duration::from_secs(settings.database.outbox_keep_published_seconds);

@@ -1,0 +1,158 @@
+//! The hourly totals on SQLite, rolled up from the events (migration 0005): a report counts
+//! every event recorded before it, each once, whether or not a roll-up ran in between, the
+//! process stopped, events were replayed, or recording and rolling up ran at the same time.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use leaky_store::Database;
+use leaky_store::analytics::{AnalyticsSink, ReportQuery, SqlAnalytics, Totals, rollup};
+use leaky_store::events::{Event, Outcome};
+use uuid::Uuid;
+
+const HOUR: i64 = 3_600_000;
+const BASE: i64 = 1_700_000_000_000 - 1_700_000_000_000 % (24 * HOUR);
+
+fn event(user: Uuid, tokens: u64, at: i64) -> Event {
+    Event {
+        id: Uuid::now_v7(),
+        outcome: Outcome::Allowed,
+        user_id: user,
+        org_id: None,
+        provider: "openai".into(),
+        model: None,
+        tokens,
+        occurred_at: at,
+    }
+}
+
+/// Whole days from `BASE`: read from the hourly totals only.
+fn whole_days(user: Option<Uuid>) -> ReportQuery {
+    ReportQuery { user_id: user, org_id: None, provider: None, from: BASE, to: BASE + 24 * HOUR, bucket_ms: HOUR }
+}
+
+async fn hourly_requests(db: &Database) -> i64 {
+    sqlx::query_scalar("SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT) FROM analytics_hourly")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_report_counts_the_events_recorded_since_the_last_roll_up() {
+    let test = common::sqlite().await;
+    let sink = SqlAnalytics::new(&test.db);
+    let alice = Uuid::now_v7();
+    sink.record(&[event(alice, 5, BASE + 10), event(alice, 7, BASE + HOUR + 10)]).await.unwrap();
+    assert_eq!(hourly_requests(&test.db).await, 0, "recording no longer writes the totals");
+
+    let report = sink.report(&whole_days(Some(alice))).await.unwrap();
+    assert_eq!(report.totals, Totals { tokens: 12, requests: 2, rate_limited: 0, quota_rejected: 0 });
+    assert_eq!(report.series.len(), 2);
+    assert_eq!(hourly_requests(&test.db).await, 2);
+    test.finish().await;
+}
+
+#[tokio::test]
+async fn each_event_is_rolled_up_once_whatever_is_replayed_or_rolled_up_again() {
+    let test = common::sqlite().await;
+    let sink = SqlAnalytics::new(&test.db);
+    let alice = Uuid::now_v7();
+    let first = [event(alice, 1, BASE + 1), event(alice, 2, BASE + 2), event(alice, 3, BASE + HOUR)];
+    sink.record(&first).await.unwrap();
+    assert_eq!(rollup::roll_up(test.db.pool()).await.unwrap(), 3);
+    assert_eq!(rollup::roll_up(test.db.pool()).await.unwrap(), 0, "nothing new: nothing added");
+
+    // The relay publishes a batch again after a crash: only the new event is recorded.
+    let new = event(alice, 10, BASE + 3);
+    sink.record(&[first[0].clone(), first[1].clone(), new.clone(), new]).await.unwrap();
+    assert_eq!(rollup::roll_up(test.db.pool()).await.unwrap(), 1);
+    let report = sink.report(&whole_days(Some(alice))).await.unwrap();
+    assert_eq!(report.totals, Totals { tokens: 16, requests: 4, rate_limited: 0, quota_rejected: 0 });
+    assert_eq!(hourly_requests(&test.db).await, 4);
+    test.finish().await;
+}
+
+#[tokio::test]
+async fn events_a_stopped_process_did_not_roll_up_are_counted_after_it() {
+    let test = common::sqlite().await;
+    let alice = Uuid::now_v7();
+    let events: Vec<Event> = (0..100).map(|i| event(alice, 1, BASE + i)).collect();
+    SqlAnalytics::new(&test.db).record(&events).await.unwrap();
+    test.db.pool().close().await;
+    test.db.readers().close().await;
+
+    let reopened = Database::open(&test.url).await.unwrap();
+    let report = SqlAnalytics::new(&reopened).report(&whole_days(Some(alice))).await.unwrap();
+    assert_eq!(report.totals.requests, 100);
+    assert_eq!(rollup::roll_up(reopened.pool()).await.unwrap(), 0);
+    reopened.pool().close().await;
+    reopened.readers().close().await;
+    test.finish().await;
+}
+
+/// Eight tasks record 250 batches of 20 events each while another rolls up in a loop and a
+/// third asks for reports: no event is lost or counted twice, and no report counts more than
+/// was recorded or less than an earlier report did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recording_while_rolling_up_counts_every_event_once() {
+    const TASKS: usize = 8;
+    const BATCHES: usize = 250;
+    const PER_BATCH: usize = 20;
+    let total_events = || u64::try_from(TASKS * BATCHES * PER_BATCH).unwrap();
+    let test = common::sqlite().await;
+    let sink = Arc::new(SqlAnalytics::new(&test.db));
+    let users: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+    let recorders: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (sink, users) = (Arc::clone(&sink), users.clone());
+            tokio::spawn(async move {
+                for b in 0..BATCHES {
+                    let events: Vec<Event> = (0..PER_BATCH)
+                        .map(|i| event(users[(t + b + i) % users.len()], 1, BASE + (b as i64 % 3) * HOUR + i as i64))
+                        .collect();
+                    sink.record(&events).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let roller = {
+        let (pool, done) = (test.db.pool().clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut added = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                added += rollup::roll_up(&pool).await.unwrap();
+            }
+            added
+        })
+    };
+    let reader = {
+        let (sink, done) = (Arc::clone(&sink), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut last = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let requests = sink.report(&whole_days(None)).await.unwrap().totals.requests;
+                assert!(requests >= last, "a report counted {requests} after one counted {last}");
+                assert!(requests <= total_events() as i64);
+                last = requests;
+            }
+        })
+    };
+    for recorder in recorders {
+        recorder.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let added = roller.await.unwrap();
+    assert!(added <= total_events(), "the roller added {added} events");
+    reader.await.unwrap();
+
+    let total = total_events() as i64;
+    let report = sink.report(&whole_days(None)).await.unwrap();
+    assert_eq!(report.totals.requests, total);
+    assert_eq!(report.totals.tokens, total);
+    assert_eq!(hourly_requests(&test.db).await, total);
+    test.finish().await;
+}
