@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use leaky_engine::{EngineConfig, PolicyEngine};
-use leaky_store::analytics::{AnalyticsSink, SqlAnalytics, rollup};
+use leaky_store::analytics::{AnalyticsSink, SqlAnalytics};
 use leaky_store::bus::{EventBus, InProcessBus};
 use leaky_store::commit_feed::CommitFeed;
 use leaky_store::ledger::{Arbiter, LedgerWriter};
@@ -73,9 +73,6 @@ impl Application {
             .await
             .context("cannot start the ledger writer")?;
         let analytics = analytics_sink(&settings, &db).await?;
-        if settings.analytics.backend == AnalyticsBackend::Sql && db.backend() == Backend::Sqlite {
-            rollup::spawn(db.pool().clone(), rollup::ROLL_UP_EVERY);
-        }
         let bus = event_bus(&settings.kafka, &analytics).await?;
         leaky_store::outbox::spawn_relay(db.clone(), bus, committed);
         let keep_published = std::time::Duration::from_secs(settings.database.outbox_keep_published_seconds);
@@ -166,7 +163,11 @@ fn login_policy(engine: &PolicyEngine, settings: &Settings) -> anyhow::Result<Bo
 /// The analytics store: the service's SQL database, or Cassandra/ScyllaDB.
 async fn analytics_sink(settings: &Settings, db: &Database) -> anyhow::Result<Arc<dyn AnalyticsSink>> {
     Ok(match settings.analytics.backend {
-        AnalyticsBackend::Sql => Arc::new(SqlAnalytics::new(db)),
+        AnalyticsBackend::Sql => {
+            let sink = SqlAnalytics::new(db);
+            sink.keep_rolled_up();
+            Arc::new(sink)
+        }
         AnalyticsBackend::Cassandra => {
             let c = &settings.cassandra;
             let sink = CassandraAnalytics::connect(&c.nodes, &c.keyspace, c.replication_factor)

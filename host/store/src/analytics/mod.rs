@@ -106,6 +106,20 @@ impl SqlAnalytics {
     pub fn new(db: &crate::Database) -> Self {
         Self { pool: db.pool().clone(), readers: db.readers().clone(), backend: db.backend() }
     }
+
+    /// Whether this sink rolls its hourly totals up from the events (SQLite) rather than having
+    /// a trigger keep them (PostgreSQL).
+    fn rolls_up(&self) -> bool {
+        self.backend == Backend::Sqlite
+    }
+
+    /// Where the totals are rolled up, rolls them up every [`rollup::ROLL_UP_EVERY`] from now on,
+    /// so a report finds little left to roll up; elsewhere does nothing.
+    pub fn keep_rolled_up(&self) {
+        if self.rolls_up() {
+            rollup::spawn(self.pool.clone(), rollup::ROLL_UP_EVERY);
+        }
+    }
 }
 
 /// The length of a bucket of the hourly totals (`analytics_hourly`), ms.
@@ -230,7 +244,7 @@ impl AnalyticsSink for SqlAnalytics {
     fn report<'a>(&'a self, q: &'a ReportQuery) -> BoxFuture<'a, Result<Report, StoreError>> {
         Box::pin(async move {
             // The totals count every event recorded before the report.
-            if self.backend == Backend::Sqlite {
+            if self.rolls_up() {
                 rollup::roll_up(&self.pool).await?;
             }
             let totals = usage(

@@ -5,8 +5,8 @@
 //! after `analytics_rollup.through_rowid` are added to the totals in one statement, which
 //! touches each total once however many events it gains, and `through_rowid` moves in the same
 //! transaction: an event is counted once, whether the process stops before or after its
-//! roll-up. The service rolls up every [`ROLL_UP_EVERY`] ([`spawn`]), and a report first rolls
-//! up whatever is left ([`super::SqlAnalytics`]), so it counts every event recorded before it.
+//! roll-up. The service rolls up every [`ROLL_UP_EVERY`] ([`super::SqlAnalytics::keep_rolled_up`]),
+//! and a report first rolls up whatever is left, so it counts every event recorded before it.
 //!
 //! `analytics_events` rows are never deleted, so each new row's `rowid` is above every earlier
 //! one's and the `rowid`s after `through_rowid` are exactly the events not yet counted.
@@ -83,7 +83,7 @@ async fn roll_up_some(pool: &Pool, most: i64) -> Result<(u64, bool), StoreError>
 }
 
 /// Rolls up every `every`, forever (SQLite): a task of its own, like the outbox's pruner.
-pub fn spawn(pool: Pool, every: Duration) -> tokio::task::JoinHandle<()> {
+pub(super) fn spawn(pool: Pool, every: Duration) -> tokio::task::JoinHandle<()> {
     crate::runtime::spawn(async move {
         let mut every = tokio::time::interval(every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
