@@ -301,10 +301,16 @@ async fn without_redis_a_replica_failing_open_enforces_its_share_of_the_limit() 
         token_bucket(10, 0.001)(s);
         s.redis.when_unavailable = WhenUnavailable::FailOpen;
         s.redis.replicas = 2;
+        // The spend of 4 below must be decided on Redis, or it lands in the local share instead.
+        // A first call on a loaded machine can outlast 100 ms; a killed Redis refuses at once, so
+        // a longer deadline does not slow what follows.
+        s.redis.timeout_ms = 1_000;
     }))
     .await;
     let user = app.user().await;
     assert_eq!(app.consume(&user, "openai", 4).await.status(), 200, "4 of the shared 10");
+    let fell_open = app.metric("leaky_rate_state_unavailable_total", &[]).await;
+    assert_eq!(fell_open, 0.0, "the first spend was decided on Redis");
     redis.kill();
     let mut statuses = Vec::new();
     for _ in 0..8 {
