@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +15,7 @@ use leaky_store::analytics::{AnalyticsSink, ReportQuery, SqlAnalytics, Totals};
 use leaky_store::bus::{BoxFuture, EventBus};
 use leaky_store::commit_feed::CommitFeed;
 use leaky_store::events::{Event, Outcome};
-use leaky_store::ledger::{Arbiter, Committed, Debit, LedgerWriter, Scope, WRITEBACK_EVERY};
+use leaky_store::ledger::{Arbiter, Committed, Debit, LedgerWriter, Scope, Standing, WRITEBACK_EVERY};
 use leaky_store::policies::{self, Binding, NewVersion};
 use leaky_store::purchases::{self, Claim};
 use leaky_store::quotas::{self, OwnerType, Period};
@@ -31,6 +31,7 @@ on_both_databases!(
     policy_versions_activations_and_bindings,
     replicas_importing_one_component_at_once_make_one_version,
     two_writers_never_spend_more_than_a_quota,
+    the_database_decides_in_the_stored_period_with_and_without_an_org,
     a_sole_writer_adds_up_what_its_book_decided,
     the_relay_publishes_every_committed_event_in_order,
     the_running_relay_publishes_handed_over_and_interleaved_events_in_order,
@@ -267,6 +268,16 @@ async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
         Committed::Refused { scope, standing } => *scope == Scope::User && standing.used == 500,
         Committed::Recorded => false,
     }));
+    // Each grant answers the quota as it stood after that debit: one of each count up to 500.
+    let mut counts: Vec<i64> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Committed::Spent { user, .. } => Some(user.used),
+            _ => None,
+        })
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=500).collect::<Vec<i64>>(), "each grant answers the count after it");
     let stored = quotas::get(&t.db, OwnerType::User, owner, "openai").await.unwrap().unwrap();
     assert_eq!((stored.limit, stored.used), (500, 500));
     assert_eq!(leaky_store::ledger::consumed(t.db.pool(), owner, "openai").await.unwrap(), 500);
@@ -285,6 +296,66 @@ async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
     let stored = quotas::get(&t.db, OwnerType::Org, org, "openai").await.unwrap().unwrap();
     assert_eq!(stored.used, 300);
     second.pool().close().await;
+}
+
+/// The database arbiter decides in the period the row stores: a daily quota partly spent
+/// yesterday counts today's debit from zero, and one spent to its limit yesterday takes it too,
+/// while one spent to its limit today refuses it; debits
+/// of a user in an org and of one in none, committed together, are each charged as stored.
+async fn the_database_decides_in_the_stored_period_with_and_without_an_org(t: &TestDb) {
+    let writer =
+        LedgerWriter::start(&t.db, Arbiter::Database, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap();
+    let owners = [user(&t.db, "partly").await, user(&t.db, "wholly").await, user(&t.db, "today").await];
+    let day = 86_400_000;
+    let start = Period::Daily.start(now_ms());
+    for (owner, used, period_start) in [(owners[0], 2, start - day), (owners[1], 5, start - day), (owners[2], 5, start)]
+    {
+        quotas::put(&t.db, OwnerType::User, owner, "openai", 5, Period::Daily).await.unwrap();
+        sqlx::query("UPDATE quotas SET used = $1, period_start = $2 WHERE owner_id = $3")
+            .bind(used)
+            .bind(period_start)
+            .bind(owner.to_string())
+            .execute(t.db.pool())
+            .await
+            .unwrap();
+    }
+    let expected = Standing { limit: 5, used: 1, period_start: start, reset_at: Some(start + day) };
+    for owner in &owners[..2] {
+        let spent = writer.debit(debit(*owner, None, 5)).await.unwrap();
+        assert_eq!(spent, Committed::Spent { user: expected, org: None }, "yesterday's spend no longer counts");
+    }
+    let today = owners[2];
+    let refused = writer.debit(debit(today, None, 5)).await.unwrap();
+    assert!(matches!(refused, Committed::Refused { scope: Scope::User, standing } if standing.used == 5));
+
+    let org = orgs::create(t.db.pool(), "periodic").await.unwrap().id;
+    quotas::put(&t.db, OwnerType::Org, org, "openai", 3, Period::None).await.unwrap();
+    let (member, loner) = (user(&t.db, "member of periodic").await, user(&t.db, "loner").await);
+    users::set_org(t.db.pool(), member, org).await.unwrap();
+    let tasks: Vec<_> = [member, loner, member, loner, member, loner, member, loner]
+        .into_iter()
+        .map(|owner| {
+            let writer = writer.clone();
+            // The process's view of the org does not matter: the database charges the stored one.
+            tokio::spawn(async move { (owner, writer.debit(debit(owner, None, 100)).await.unwrap()) })
+        })
+        .collect();
+    let mut granted = BTreeMap::new();
+    for task in tasks {
+        let (owner, outcome) = task.await.unwrap();
+        match outcome {
+            Committed::Spent { org: charged, .. } => {
+                assert_eq!(charged.is_some(), owner == member, "only the member charges the org");
+                *granted.entry(owner).or_insert(0) += 1;
+            }
+            Committed::Refused { scope, .. } => assert_eq!((owner, scope), (member, Scope::Org)),
+            Committed::Recorded => panic!("the database arbiter recorded a debit undecided"),
+        }
+    }
+    assert_eq!((granted.get(&member), granted.get(&loner)), (Some(&3), Some(&4)));
+    let used =
+        |owner_type, owner| async move { quotas::get(&t.db, owner_type, owner, "openai").await.unwrap().unwrap().used };
+    assert_eq!((used(OwnerType::Org, org).await, used(OwnerType::User, loner).await), (3, 4));
 }
 
 /// A writer whose process is the database's only one (`Arbiter::Caller`) adds what 16 tasks

@@ -22,6 +22,7 @@ mod pending;
 mod postgres;
 mod replay;
 mod tally;
+mod whole;
 mod writes;
 
 use std::sync::Arc;

@@ -47,6 +47,54 @@ pub(super) fn lock_rows(keys: &[QuotaKey]) -> Sql<'static> {
     select
 }
 
+/// The statement that adds each `(user, provider, total)` of `spends` to that user's quota row,
+/// in one conditional update, where the row exists, the user is in no org as stored, and the
+/// whole total fits the limit in the period current at `now` (a row whose period has ended
+/// starts again from zero first); it answers the rows it changed, as changed. `daily` and
+/// `monthly` are the starts of those periods current at `now`.
+///
+/// The update takes each row's lock itself. When another transaction changed a row first,
+/// PostgreSQL either checks the condition again on the row as that one left it, or no longer
+/// finds the row by the tuple id it read and leaves it alone; a debit left alone is decided
+/// under lock afterwards ([`super::arbitrate`]). Each
+/// key's row is found through the primary key (`OFFSET 0` keeps the planner from turning the
+/// lateral lookups into a join that scans the whole table), and rows are locked in `spends`'
+/// order.
+pub(super) fn spend_fitting(spends: &[(Uuid, &str, i64)], daily: i64, monthly: i64, now: i64) -> Sql<'static> {
+    // The start of the row's period current at `now`, from the row as the update sees it.
+    const CURRENT: &str = "(CASE q.period WHEN 'daily' THEN x.daily WHEN 'monthly' THEN x.monthly ELSE 0 END)";
+    // What the row has spent in that period.
+    let spent = format!("CASE WHEN {CURRENT} > q.period_start THEN 0 ELSE q.used END");
+    let mut update = Sql::new(crate::Backend::Postgres, "UPDATE quotas AS q SET used = ");
+    update
+        .push(&spent)
+        .push(&format!(" + x.total, period_start = GREATEST(q.period_start, {CURRENT}), updated_at = "))
+        .bind(now)
+        .push(" FROM (SELECT w.total, f.at, ")
+        .bind(daily)
+        .push("::bigint AS daily, ")
+        .bind(monthly)
+        .push("::bigint AS monthly FROM ")
+        .unnest([
+            texts(spends.iter().map(|(user, _, _)| Some(user))),
+            texts(spends.iter().map(|(_, provider, _)| Some(provider))),
+            ints(spends.iter().map(|(_, _, total)| *total)),
+        ])
+        .push(
+            " WITH ORDINALITY AS w(owner_id, provider, total, n) \
+             CROSS JOIN LATERAL (SELECT ctid AS at FROM quotas \
+             WHERE owner_type = 'user' AND owner_id = w.owner_id AND provider = w.provider \
+             AND NOT EXISTS (SELECT 1 FROM users WHERE id = w.owner_id AND org_id IS NOT NULL) OFFSET 0) AS f \
+             ORDER BY w.n) AS x WHERE q.ctid = x.at AND ",
+        )
+        .push(&spent)
+        .push(
+            " + x.total <= q.quota_limit \
+             RETURNING q.owner_id, q.provider, q.quota_limit, q.used, q.period, q.period_start",
+        );
+    update
+}
+
 /// Inserts `rows` into `quotas`, stamped `now`, ending in `on_conflict`.
 pub(super) async fn write_quota_rows<'q>(
     writes: &mut Writes<'_, 'q>,
