@@ -17,7 +17,7 @@ use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -128,12 +128,20 @@ impl EventBus for KafkaBus {
     }
 }
 
-/// Most messages the analytics consumer records in one write to the sink.
-const CONSUMED_PER_WRITE: usize = 500;
+/// Most messages the analytics consumer records in one write to the sink: what the SQL sink
+/// writes in one statement.
+const CONSUMED_PER_WRITE: usize = 2_000;
+/// How long the analytics consumer gathers messages, from the first, into one write to the sink.
+///
+/// The SQL sink's hourly totals are upserted once per (hour, user, provider, outcome) a
+/// statement holds, however many of its events add to each: with thousands of users, a write of
+/// the few hundred events that arrive together upserts nearly one total per event, and a whole
+/// statement's worth fewer. Analytics lag by up to this long at a trickle of events.
+const GATHER_FOR: Duration = Duration::from_millis(500);
 
-/// Runs the analytics consumer group `group` until the task is dropped: the events that have
-/// arrived are recorded by `sink` together (up to [`CONSUMED_PER_WRITE`]), then their offsets
-/// are stored.
+/// Runs the analytics consumer group `group` until the task is dropped: the events that arrive
+/// within [`GATHER_FOR`] of the first (up to [`CONSUMED_PER_WRITE`]) are recorded by `sink`
+/// together, then their offsets are stored.
 pub fn spawn_analytics_consumer(
     config: &KafkaConfig,
     group: &str,
@@ -163,32 +171,19 @@ pub fn spawn_analytics_consumer(
                     continue;
                 }
             };
-            // Whatever else has already arrived goes into the same write to the sink.
+            // Whatever else arrives soon goes into the same write to the sink, each event read
+            // as it arrives (so a full write is never parsed in one go).
+            let until = tokio::time::Instant::now() + GATHER_FOR;
+            let mut events = Vec::with_capacity(CONSUMED_PER_WRITE);
+            read_event(&first, &mut events);
             let mut messages = vec![first];
             while messages.len() < CONSUMED_PER_WRITE {
-                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                    Ok(Ok(message)) => messages.push(message),
-                    _ => break,
-                }
-            }
-            let mut events = Vec::with_capacity(messages.len());
-            for message in &messages {
-                match message.payload().map(serde_json::from_slice::<Event>) {
-                    Some(Ok(event)) => events.push(event),
-                    _ => {
-                        let event_id = message
-                            .headers()
-                            .and_then(|h| h.iter().find(|h| h.key == "event-id"))
-                            .and_then(|h| h.value)
-                            .map(String::from_utf8_lossy);
-                        tracing::error!(
-                            topic = message.topic(),
-                            offset = message.offset(),
-                            ?event_id,
-                            "analytics consumer: skipping a message that is not an event"
-                        );
-                        metrics::counter!("leaky_analytics_skipped_total").increment(1);
+                match tokio::time::timeout_at(until, consumer.recv()).await {
+                    Ok(Ok(message)) => {
+                        read_event(&message, &mut events);
+                        messages.push(message);
                     }
+                    _ => break,
                 }
             }
             // Recorded before their offsets are stored: a crash in between replays them, and the
@@ -205,4 +200,26 @@ pub fn spawn_analytics_consumer(
             }
         }
     }))
+}
+
+/// Adds the event `message` carries to `events`; a message that is none is logged, counted
+/// (`leaky_analytics_skipped_total`) and passed over.
+fn read_event(message: &BorrowedMessage<'_>, events: &mut Vec<Event>) {
+    match message.payload().map(serde_json::from_slice::<Event>) {
+        Some(Ok(event)) => events.push(event),
+        _ => {
+            let event_id = message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "event-id"))
+                .and_then(|h| h.value)
+                .map(String::from_utf8_lossy);
+            tracing::error!(
+                topic = message.topic(),
+                offset = message.offset(),
+                ?event_id,
+                "analytics consumer: skipping a message that is not an event"
+            );
+            metrics::counter!("leaky_analytics_skipped_total").increment(1);
+        }
+    }
 }
