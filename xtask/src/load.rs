@@ -169,11 +169,15 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
     let (after, machine_after) = (usage::read_all(pids), usage::machine());
     let mut latencies = Vec::new();
     let mut statuses = BTreeMap::new();
+    let mut samples = BTreeMap::new();
     for t in tasks {
-        let (lat, st) = t.await??;
+        let (lat, st, sampled) = t.await??;
         latencies.extend(lat);
         for (k, v) in st {
             *statuses.entry(k).or_insert(0u64) += v;
+        }
+        for (status, body) in sampled {
+            samples.entry(status).or_insert(body);
         }
     }
     latencies.sort_unstable();
@@ -193,6 +197,9 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
     println!("requests:   {}", latencies.len());
     println!("throughput: {:.0} req/s", measured.requests_per_second);
     println!("statuses:   {statuses:?}");
+    for (status, body) in &samples {
+        println!("  one {status}: {body}");
+    }
     println!(
         "latency:    p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         ms(pct(0.5)),
@@ -238,13 +245,15 @@ fn ms(micros: u32) -> f64 {
     f64::from(micros) / 1000.0
 }
 
-type Stats = (Vec<u32>, BTreeMap<u16, u64>);
+/// One connection's latencies, its count of each status, and the body of its first answer of
+/// each status other than 200.
+type Stats = (Vec<u32>, BTreeMap<u16, u64>, BTreeMap<u16, String>);
 
 async fn worker(addr: &str, requests: &[Vec<u8>], first: usize, from: Instant, until: Instant) -> Result<Stats> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(8192);
-    let (mut latencies, mut statuses) = (Vec::new(), BTreeMap::new());
+    let (mut latencies, mut statuses, mut samples) = (Vec::new(), BTreeMap::new(), BTreeMap::new());
     let mut i = first;
     loop {
         let now = Instant::now();
@@ -255,13 +264,17 @@ async fn worker(addr: &str, requests: &[Vec<u8>], first: usize, from: Instant, u
         i += 7919; // a prime stride spreads connections over the users
         stream.write_all(request).await?;
         let (status, length) = read_response(&mut stream, &mut buf).await?;
-        buf.drain(..length);
         if now >= from {
             latencies.push(u32::try_from(now.elapsed().as_micros()).unwrap_or(u32::MAX));
             *statuses.entry(status).or_insert(0) += 1;
+            if status != 200 && !samples.contains_key(&status) {
+                let body = buf[..length].windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |end| end + 4);
+                samples.insert(status, String::from_utf8_lossy(&buf[body..length]).into_owned());
+            }
         }
+        buf.drain(..length);
     }
-    Ok((latencies, statuses))
+    Ok((latencies, statuses, samples))
 }
 
 /// A whole HTTP/1.1 request, head and body, sent in one write as HTTP clients send it.
