@@ -45,10 +45,11 @@ impl SpentWhole {
     /// the user included.
     pub(super) fn answers(&self, debits: &[&Debit]) -> Vec<Option<Committed>> {
         // What each user had spent before the batch: the row as changed, less the batch's total.
-        let mut running: BTreeMap<(Uuid, &str), Standing> = BTreeMap::new();
+        let mut running: BTreeMap<(Uuid, &str), Standing> =
+            self.0.iter().map(|((user, provider), after)| ((*user, provider.as_str()), *after)).collect();
         for d in debits {
-            if let Some(after) = self.0.get(&(d.user_id, d.provider.clone())) {
-                running.entry((d.user_id, d.provider.as_str())).or_insert(*after).used -= d.cost;
+            if let Some(standing) = running.get_mut(&(d.user_id, d.provider.as_str())) {
+                standing.used -= d.cost;
             }
         }
         debits
