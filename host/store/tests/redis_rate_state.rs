@@ -67,6 +67,40 @@ async fn compare_and_set_writes_only_over_the_expected_state_and_expires() {
     assert_eq!(store.get(&short).await.unwrap(), None, "state expires once the limiter has fully reset");
 }
 
+/// Compare-and-sets sent at once go to Redis together; each is answered as if alone, in the
+/// order sent: of 64 first writes of one key exactly one stores and the rest are told what it
+/// wrote, while 64 other keys each store their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_sets_sent_together_are_each_answered_as_if_alone() {
+    let Some(store) = redis().await else { return };
+    let store = Arc::new(store);
+    let shared = key("first-write");
+    let tasks: Vec<_> = (0..128u64)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let k = if i % 2 == 0 { shared.clone() } else { key(&format!("own-{i}")) };
+            tokio::spawn(async move { (i, store.compare_and_set(&k, None, &rate(i), 60_000).await.unwrap()) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut told = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            (i, Swap::Stored) if i % 2 == 0 => winners.push(i),
+            (i, Swap::Stored) => assert_eq!(store.get(&key(&format!("own-{i}"))).await.unwrap(), Some(rate(i))),
+            (i, Swap::Lost(stored)) => {
+                assert_eq!(i % 2, 0, "a key of its own was lost");
+                told.push(stored);
+            }
+        }
+    }
+    assert_eq!(winners.len(), 1, "one first write of the shared key stores");
+    let stored = store.get(&shared).await.unwrap();
+    assert_eq!(stored, Some(rate(winners[0])));
+    assert_eq!(told.len(), 63);
+    assert!(told.iter().all(|t| *t == stored), "every other writer is told what the first wrote");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_read_modify_write_loses_no_update() {
     let Some(store) = redis().await else { return };

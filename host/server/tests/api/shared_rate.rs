@@ -84,13 +84,14 @@ impl OwnRedis {
     }
 
     /// Compare-and-set scripts this Redis ran (not counting a first call refused for an
-    /// unknown script, which the client then loads).
+    /// unknown script, which the client then loads). Compare-and-sets sent at once share one
+    /// call; these tests send one at a time, so each call holds one.
     fn writes(&self) -> u64 {
         let (calls, failed) = self.stats("evalsha");
         calls - failed
     }
 
-    /// `GET`s sent by clients: Redis also counts the one inside each script it ran.
+    /// `GET`s sent by clients: Redis also counts the one inside each script call (one a key).
     fn reads(&self) -> u64 {
         self.stats("get").0 - self.writes()
     }

@@ -12,6 +12,7 @@
 //! in the process's own account book and needs none of this.)
 
 pub mod breaker;
+mod cas_batch;
 pub mod guarded;
 pub mod redis;
 

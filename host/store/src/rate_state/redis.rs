@@ -1,27 +1,18 @@
-//! Rate state in Redis: one string per (user, provider), written by a compare-and-set script.
+//! Rate state in Redis: one string per (user, provider), written by a compare-and-set script
+//! (the compare-and-sets that queue up together go in one call: [`super::cas_batch`]). An
+//! encoded state is never empty: it starts with its strategy's name, so the empty string can
+//! stand for "absent".
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script, Value};
+use redis::{Client, Value};
 
+use super::cas_batch::CasBatcher;
 use super::{BoxFuture, RateKey, RateStateError, SharedRateState, StoredRate, Swap};
-
-/// Sets `KEYS[1]` to `ARGV[2]` (expiring in `ARGV[3]` ms) when it holds `ARGV[1]`, where an
-/// empty `ARGV[1]` means "absent". Answers the integer 1 when it wrote; when another writer was
-/// first, what the key holds instead, as a string (empty: absent). An encoded state is never
-/// empty: it starts with its strategy's name.
-const COMPARE_AND_SET: &str = r"
-local current = redis.call('GET', KEYS[1])
-if (current == false and ARGV[1] == '') or current == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return current or ''
-";
 
 /// Redis-backed rate state.
 pub struct RedisRateState {
     connection: ConnectionManager,
-    script: Script,
+    batcher: CasBatcher,
     prefix: String,
 }
 
@@ -35,7 +26,7 @@ fn decode(text: &[u8]) -> Result<StoredRate, RateStateError> {
     StoredRate::decode(&text).ok_or_else(|| RateStateError::Corrupt(text.into_owned()))
 }
 
-/// What [`COMPARE_AND_SET`] answered.
+/// What the compare-and-set script answered for one key.
 fn swap(answer: Value) -> Result<Swap, RateStateError> {
     match answer {
         Value::Int(1) => Ok(Swap::Stored),
@@ -55,7 +46,8 @@ impl RedisRateState {
             .set_response_timeout(std::time::Duration::from_millis(500))
             .set_number_of_retries(1);
         let connection = ConnectionManager::new_with_config(client, config).await.map_err(backend)?;
-        Ok(Self { connection, script: Script::new(COMPARE_AND_SET), prefix: prefix.to_string() })
+        let batcher = CasBatcher::start(connection.clone());
+        Ok(Self { connection, batcher, prefix: prefix.to_string() })
     }
 
     fn redis_key(&self, key: &RateKey) -> String {
@@ -81,16 +73,8 @@ impl SharedRateState for RedisRateState {
         ttl_ms: u64,
     ) -> BoxFuture<'a, Result<Swap, RateStateError>> {
         Box::pin(async move {
-            let mut connection = self.connection.clone();
-            let answer: Value = self
-                .script
-                .key(self.redis_key(key))
-                .arg(expected.map(StoredRate::encode).unwrap_or_default())
-                .arg(new.encode())
-                .arg(ttl_ms.max(1))
-                .invoke_async(&mut connection)
-                .await
-                .map_err(backend)?;
+            let expected = expected.map(StoredRate::encode).unwrap_or_default();
+            let answer = self.batcher.compare_and_set(self.redis_key(key), expected, new.encode(), ttl_ms).await?;
             swap(answer)
         })
     }
