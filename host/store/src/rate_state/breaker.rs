@@ -1,5 +1,11 @@
 //! A circuit breaker: after `failures` consecutive failures the backend is not asked for
 //! `cooldown`; then one probe is let through, and a success closes the circuit again.
+//!
+//! Failures are counted as the backend's, not as calls': every call out when the backend falls
+//! silent fails at the same moment, and under load hundreds are out. So a failed call that was
+//! already out when the last failure was counted, or when the circuit opened, adds nothing. Two
+//! calls one after the other that both fail count twice. Before, a single 50 ms stall of a
+//! healthy Redis under load failed enough calls at once to open the circuit for a second.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -8,6 +14,8 @@ use std::time::{Duration, Instant};
 enum State {
     Closed {
         failures: u32,
+        /// When the last failure was counted.
+        counted: Option<Instant>,
     },
     Open {
         until: Instant,
@@ -40,7 +48,12 @@ impl CircuitBreaker {
     /// Opens after `failures` consecutive failures, for `cooldown`. `name` labels its metrics.
     pub fn new(name: &'static str, failures: u32, cooldown: Duration) -> Self {
         metrics::gauge!("leaky_breaker_open", "backend" => name).set(0.0);
-        Self { state: Mutex::new(State::Closed { failures: 0 }), failures: failures.max(1), cooldown, name }
+        Self {
+            state: Mutex::new(State::Closed { failures: 0, counted: None }),
+            failures: failures.max(1),
+            cooldown,
+            name,
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -80,31 +93,37 @@ impl CircuitBreaker {
     /// A call succeeded.
     pub fn success(&self) {
         let mut state = self.state();
-        if !matches!(*state, State::Closed { failures: 0 }) {
+        if !matches!(*state, State::Closed { failures: 0, .. }) {
             if !matches!(*state, State::Closed { .. }) {
                 tracing::info!(backend = self.name, "backend answers again: circuit closed");
                 metrics::gauge!("leaky_breaker_open", "backend" => self.name).set(0.0);
             }
-            *state = State::Closed { failures: 0 };
+            *state = State::Closed { failures: 0, counted: None };
         }
     }
 
-    /// A call failed.
-    pub fn failure(&self, reason: &dyn std::fmt::Display) {
+    /// A call that was made at `started` failed.
+    pub fn failure(&self, started: Instant, reason: &dyn std::fmt::Display) {
         let mut state = self.state();
         let failures = match *state {
-            State::Closed { failures } => failures + 1,
+            // It was out when the last failure was counted: it failed with it.
+            State::Closed { counted: Some(counted), .. } if started <= counted => return,
+            State::Closed { failures, .. } => failures + 1,
+            // It was out when the circuit opened, or before the probe went out.
+            State::Open { until } if started + self.cooldown <= until => return,
+            State::HalfOpen { since } if started < since => return,
             State::Open { .. } | State::HalfOpen { .. } => self.failures,
         };
+        let now = Instant::now();
         if failures >= self.failures {
             if matches!(*state, State::Closed { .. }) {
                 tracing::error!(backend = self.name, %reason, cooldown = ?self.cooldown, "backend failing: circuit opened");
                 metrics::counter!("leaky_breaker_trips_total", "backend" => self.name).increment(1);
                 metrics::gauge!("leaky_breaker_open", "backend" => self.name).set(1.0);
             }
-            *state = State::Open { until: Instant::now() + self.cooldown };
+            *state = State::Open { until: now + self.cooldown };
         } else {
-            *state = State::Closed { failures };
+            *state = State::Closed { failures, counted: Some(now) };
         }
     }
 }
@@ -116,23 +135,43 @@ mod tests {
     #[test]
     fn opens_after_consecutive_failures_probes_after_the_cooldown_and_closes_on_success() {
         let breaker = CircuitBreaker::new("test", 3, Duration::from_millis(30));
-        breaker.failure(&"x");
-        breaker.failure(&"x");
+        breaker.failure(Instant::now(), &"x");
+        breaker.failure(Instant::now(), &"x");
         breaker.success();
-        breaker.failure(&"x");
-        breaker.failure(&"x");
+        breaker.failure(Instant::now(), &"x");
+        breaker.failure(Instant::now(), &"x");
         assert_eq!(breaker.permit(), Permit::Go, "a success resets the count");
-        breaker.failure(&"x");
+        breaker.failure(Instant::now(), &"x");
         assert!(matches!(breaker.permit(), Permit::Wait(_)), "three in a row open it");
         std::thread::sleep(Duration::from_millis(35));
         assert_eq!(breaker.permit(), Permit::Go, "one probe after the cooldown");
         assert!(matches!(breaker.permit(), Permit::Wait(_)), "only one");
-        breaker.failure(&"x");
+        breaker.failure(Instant::now(), &"x");
         assert!(matches!(breaker.permit(), Permit::Wait(_)), "a failed probe opens it again");
         std::thread::sleep(Duration::from_millis(35));
         assert_eq!(breaker.permit(), Permit::Go);
         breaker.success();
         assert_eq!(breaker.permit(), Permit::Go);
         assert_eq!(breaker.permit(), Permit::Go, "closed again");
+    }
+
+    #[test]
+    fn calls_out_together_when_the_backend_fails_count_once() {
+        let breaker = CircuitBreaker::new("test", 3, Duration::from_millis(30));
+        let together = Instant::now();
+        for _ in 0..100 {
+            breaker.failure(together, &"silent");
+        }
+        assert_eq!(breaker.permit(), Permit::Go, "a hundred calls out at one stall are one failure");
+        breaker.failure(Instant::now(), &"silent");
+        assert_eq!(breaker.permit(), Permit::Go, "a call made after it is a second");
+        breaker.failure(together, &"silent");
+        assert_eq!(breaker.permit(), Permit::Go, "a call older than the last one counted adds nothing");
+        breaker.failure(Instant::now(), &"silent");
+        assert!(matches!(breaker.permit(), Permit::Wait(_)), "the third in a row opens it");
+        let open = breaker.retry_in();
+        std::thread::sleep(Duration::from_millis(5));
+        breaker.failure(together, &"late");
+        assert!(breaker.retry_in() < open, "a call out before it opened does not hold it open");
     }
 }

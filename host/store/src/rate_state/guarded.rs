@@ -8,7 +8,7 @@
 //! load alone, and turned every request into a refusal while the backend was healthy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::breaker::{CircuitBreaker, Permit};
 use super::{BoxFuture, RateKey, RateStateError, SharedRateState, StoredRate, Swap};
@@ -36,6 +36,7 @@ impl<S: SharedRateState> Guarded<S> {
         if let Permit::Wait(left) = self.breaker.permit() {
             return Err(RateStateError::Open { retry_in_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX) });
         }
+        let started = Instant::now();
         let mut deadlines = 0;
         let result = loop {
             deadlines += 1;
@@ -57,7 +58,7 @@ impl<S: SharedRateState> Guarded<S> {
         };
         match &result {
             Ok(_) | Err(RateStateError::Corrupt(_)) => self.breaker.success(),
-            Err(err) => self.breaker.failure(err),
+            Err(err) => self.breaker.failure(started, err),
         }
         result
     }
