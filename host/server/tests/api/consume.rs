@@ -295,10 +295,13 @@ async fn a_failed_commit_is_503_and_spends_nothing() {
 
 #[tokio::test]
 async fn accounts_dropped_from_the_book_under_load_never_let_a_quota_be_overspent() {
-    // 100 accounts (10 users, 10 providers) with 10 tokens each, 2,000 one-token requests at
-    // once, and a sweep due whenever the book holds twice what the last sweep kept (at least
-    // two): idle accounts are dropped and loaded again all through the run, while others have
-    // debits in flight.
+    // 100 accounts (10 users, 10 providers) with 10 tokens each, and 2,000 one-token requests in
+    // 20 waves of 100 at once, each wave on one provider, every provider twice. A sweep is due
+    // whenever the book holds twice what the last sweep kept (at least two), and an account is
+    // idle as soon as no request holds it: so each wave's loads sweep the book while that
+    // wave's own accounts have debits in flight, and drop the accounts of the waves before
+    // (whose requests have all ended; the book never held more than twice a wave's accounts
+    // since). The second wave of a provider loads its accounts again, spent to the limit.
     let app = spawn_app_with(|s| {
         no_rate_limit(s);
         s.quota.default_limit = 10;
@@ -311,26 +314,29 @@ async fn accounts_dropped_from_the_book_under_load_never_let_a_quota_be_overspen
         users.push(app.user().await);
     }
     let providers: Vec<String> = (0..10).map(|p| format!("provider-{p}")).collect();
-    let tasks: Vec<_> = (0..2000)
-        .map(|i| {
-            let (client, url) = (app.client.clone(), app.url("/api/v1/tokens/consume"));
-            let (user, provider) = (users[i % 10].clone(), providers[(i / 10) % 10].clone());
-            tokio::spawn(async move {
-                client
-                    .post(url)
-                    .bearer_auth(&user.token)
-                    .json(&json!({"userId": user.id, "provider": provider, "tokens": 1}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
-        .collect();
     let mut statuses = std::collections::BTreeMap::new();
-    for t in tasks {
-        *statuses.entry(t.await.unwrap()).or_insert(0) += 1;
+    for wave in 0..20 {
+        let provider = &providers[wave % 10];
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let (client, url) = (app.client.clone(), app.url("/api/v1/tokens/consume"));
+                let (user, provider) = (users[i % 10].clone(), provider.clone());
+                tokio::spawn(async move {
+                    client
+                        .post(url)
+                        .bearer_auth(&user.token)
+                        .json(&json!({"userId": user.id, "provider": provider, "tokens": 1}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        for t in tasks {
+            *statuses.entry(t.await.unwrap()).or_insert(0) += 1;
+        }
     }
     assert_eq!(statuses, [(200, 1000), (429, 1000)].into(), "10 tokens granted per account, no more");
     for user in &users {
