@@ -263,13 +263,13 @@ async fn worker(addr: &str, requests: &[Vec<u8>], first: usize, from: Instant, u
         let request = &requests[i % requests.len()];
         i += 7919; // a prime stride spreads connections over the users
         stream.write_all(request).await?;
-        let (status, length) = read_response(&mut stream, &mut buf).await?;
+        let (status, body) = read_response(&mut stream, &mut buf).await?;
+        let length = body.end;
         if now >= from {
             latencies.push(u32::try_from(now.elapsed().as_micros()).unwrap_or(u32::MAX));
             *statuses.entry(status).or_insert(0) += 1;
             if status != 200 && !samples.contains_key(&status) {
-                let body = buf[..length].windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |end| end + 4);
-                samples.insert(status, String::from_utf8_lossy(&buf[body..length]).into_owned());
+                samples.insert(status, String::from_utf8_lossy(&buf[body]).into_owned());
             }
         }
         buf.drain(..length);
@@ -291,15 +291,14 @@ async fn request(addr: &str, method: &str, path: &str, token: Option<&str>, body
     let mut stream = TcpStream::connect(addr).await?;
     let mut buf = Vec::new();
     stream.write_all(&http_request(method, path, token, body)).await?;
-    let (status, length) = read_response(&mut stream, &mut buf).await?;
-    let head = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |end| end + 4);
-    Ok((status, String::from_utf8_lossy(&buf[head..length]).into_owned()))
+    let (status, body) = read_response(&mut stream, &mut buf).await?;
+    Ok((status, String::from_utf8_lossy(&buf[body]).into_owned()))
 }
 
 /// Reads one keep-alive HTTP/1.1 response (`Content-Length` bodies only) into `buf`; returns
-/// its status and its length in `buf`. It parses only what it needs, without allocating: the
+/// its status and where its body lies in `buf` (the response ends where the body does). It parses only what it needs, without allocating: the
 /// load generator shares the machine with the server and should take as little as it can.
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, usize)> {
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, std::ops::Range<usize>)> {
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -323,7 +322,7 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
-            return Ok((status, total));
+            return Ok((status, end + 4..total));
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
