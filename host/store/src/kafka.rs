@@ -130,7 +130,7 @@ impl EventBus for KafkaBus {
 
 /// Most messages the analytics consumer records in one write to the sink: what the SQL sink
 /// writes in one statement.
-const CONSUMED_PER_WRITE: usize = 2_000;
+const CONSUMED_PER_WRITE: usize = crate::analytics::EVENTS_PER_STATEMENT;
 /// How long the analytics consumer gathers messages, from the first, into one write to the sink.
 ///
 /// The SQL sink's hourly totals are upserted once per (hour, user, provider, outcome) a

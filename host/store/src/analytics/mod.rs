@@ -180,6 +180,11 @@ fn usage<'q>(backend: Backend, select: &str, q: &'q ReportQuery) -> Sql<'q> {
     b
 }
 
+/// Most events the SQL sink writes in one statement (and so in one transaction): SQLite's limit
+/// on bound parameters allows 4,095 rows of 8. Writers that gather events take as many
+/// ([`crate::kafka`]'s analytics consumer).
+pub const EVENTS_PER_STATEMENT: usize = 2_000;
+
 const INSERT: &str =
     "INSERT INTO analytics_events (event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at) ";
 
@@ -229,8 +234,8 @@ impl AnalyticsSink for SqlAnalytics {
             }
             // Each statement commits on its own: a batch cut short is published again, and the
             // rows it did write are then passed over by their event ids. One statement per
-            // batch up to 2,000 events is one round trip to the database.
-            for chunk in events.chunks(2000) {
+            // batch up to [`EVENTS_PER_STATEMENT`] is one round trip to the database.
+            for chunk in events.chunks(EVENTS_PER_STATEMENT) {
                 let insert = match self.backend {
                     Backend::Postgres => postgres_insert(chunk),
                     Backend::Sqlite => sqlite_insert(chunk),

@@ -50,8 +50,7 @@ struct Pending {
     answer: oneshot::Sender<Result<Value, RateStateError>>,
 }
 
-/// Hands compare-and-sets to the task that calls Redis. Cheap to clone.
-#[derive(Clone)]
+/// Hands compare-and-sets to the task that calls Redis.
 pub(super) struct CasBatcher {
     queue: mpsc::Sender<Pending>,
 }
