@@ -1,9 +1,8 @@
 //! The analytics sink: records events once each and answers usage reports.
 //!
 //! The SQL sink keeps one row per event (its id is what makes a replay change nothing) and
-//! hourly totals per user, org, provider and outcome (`analytics_hourly`, migration 0003): on
-//! PostgreSQL through an insert trigger in the same transaction, on SQLite rolled up from the
-//! events once a second and before every report ([`rollup`]). A report reads the totals for the
+//! hourly totals per user, org, provider and outcome (`analytics_hourly`, migration 0003),
+//! rolled up from the events once a second and before every report ([`rollup`]). A report reads the totals for the
 //! whole hours of its range and the events only for the rest, so neither recording an event nor
 //! reading a month costs a write or a read per event at a random place of an index.
 
@@ -107,18 +106,10 @@ impl SqlAnalytics {
         Self { pool: db.pool().clone(), readers: db.readers().clone(), backend: db.backend() }
     }
 
-    /// Whether this sink rolls its hourly totals up from the events (SQLite) rather than having
-    /// a trigger keep them (PostgreSQL).
-    fn rolls_up(&self) -> bool {
-        self.backend == Backend::Sqlite
-    }
-
-    /// Where the totals are rolled up, rolls them up every [`rollup::ROLL_UP_EVERY`] from now on,
-    /// so a report finds little left to roll up; elsewhere does nothing.
+    /// Rolls the hourly totals up every [`rollup::ROLL_UP_EVERY`] from now on, so a report
+    /// finds little left to roll up.
     pub fn keep_rolled_up(&self) {
-        if self.rolls_up() {
-            rollup::spawn(self.pool.clone(), rollup::ROLL_UP_EVERY);
-        }
+        rollup::spawn(self.pool.clone(), rollup::ROLL_UP_EVERY);
     }
 }
 
@@ -207,11 +198,18 @@ fn sqlite_insert(events: &[Event]) -> Sql<'_> {
 }
 
 /// The insert of `events` on PostgreSQL: one array per column ([`crate::pg_array`]), so the
-/// statement stays prepared whatever the batch.
+/// statement stays prepared whatever the batch. It takes [`rollup::RECORD_LOCK`] (held to its
+/// commit) before its rows draw their `seq`: the sort by position consumes every input row,
+/// and so the lock, before the first row is inserted.
 fn postgres_insert(events: &[Event]) -> Sql<'static> {
     let mut insert = Sql::new(Backend::Postgres, INSERT);
     insert
-        .push("SELECT * FROM ")
+        .push(
+            "SELECT w.event_id, w.user_id, w.org_id, w.provider, w.model, w.tokens, w.outcome, w.occurred_at \
+               FROM (SELECT pg_advisory_xact_lock(",
+        )
+        .bind(rollup::RECORD_LOCK)
+        .push(")) AS held, ")
         .unnest([
             texts(events.iter().map(|e| Some(e.id))),
             texts(events.iter().map(|e| Some(e.user_id))),
@@ -222,7 +220,10 @@ fn postgres_insert(events: &[Event]) -> Sql<'static> {
             texts(events.iter().map(|e| Some(e.outcome.as_str()))),
             ints(events.iter().map(|e| e.occurred_at)),
         ])
-        .push(" ON CONFLICT (event_id) DO NOTHING");
+        .push(
+            " WITH ORDINALITY AS w(event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at, n) \
+             ORDER BY w.n ON CONFLICT (event_id) DO NOTHING",
+        );
     insert
 }
 
@@ -249,9 +250,7 @@ impl AnalyticsSink for SqlAnalytics {
     fn report<'a>(&'a self, q: &'a ReportQuery) -> BoxFuture<'a, Result<Report, StoreError>> {
         Box::pin(async move {
             // The totals count every event recorded before the report.
-            if self.rolls_up() {
-                rollup::roll_up(&self.pool).await?;
-            }
+            rollup::roll_up(&self.pool).await?;
             let totals = usage(
                 self.backend,
                 "SELECT CAST(COALESCE(SUM(CASE WHEN outcome = 'allowed' THEN tokens END), 0) AS BIGINT) AS tokens, \

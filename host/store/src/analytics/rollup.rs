@@ -1,41 +1,90 @@
-//! The hourly totals on SQLite: rolled up from the recorded events, not kept by a trigger.
+//! The hourly totals: rolled up from the recorded events, not kept by a trigger.
 //!
 //! A trigger that upserts an hourly total for every event inserted rewrites, for each batch of
 //! events from thousands of users, nearly every page of `analytics_hourly`. Instead the events
-//! after `analytics_rollup.through_rowid` are added to the totals in one statement, which
-//! touches each total once however many events it gains, and `through_rowid` moves in the same
+//! after the roll-up's cursor (`analytics_rollup`) are added to the totals in one statement,
+//! which touches each total once however many events it gains, and the cursor moves in the same
 //! transaction: an event is counted once, whether the process stops before or after its
 //! roll-up. The service rolls up every [`ROLL_UP_EVERY`] ([`super::SqlAnalytics::keep_rolled_up`]),
 //! and a report first rolls up whatever is left, so it counts every event recorded before it.
 //!
-//! `analytics_events` rows are never deleted, so each new row's `rowid` is above every earlier
-//! one's and the `rowid`s after `through_rowid` are exactly the events not yet counted.
-//! PostgreSQL keeps its trigger (migration 0005 says why).
+//! The cursor is a position in the order events become visible, so the events after it are
+//! exactly those not yet counted:
+//! - On SQLite, `rowid`: `analytics_events` rows are never deleted and the database has one
+//!   writer, so each new row's `rowid` is above every earlier one's.
+//! - On PostgreSQL, where replicas' analytics consumers insert at the same time, `seq`
+//!   (migration 0006), drawn while the insert holds [`RECORD_LOCK`] to its commit: once a row
+//!   is visible, so is every row with a lower `seq` that will ever be. Replicas' roll-ups take
+//!   turns on the cursor's row lock.
 
 use std::time::Duration;
 
 use sqlx::Row;
 
-use crate::{Pool, StoreError};
+use crate::{Backend, Pool, StoreError};
 
 /// How often the service rolls up the events recorded since the last time.
 pub const ROLL_UP_EVERY: Duration = Duration::from_secs(1);
 
-/// Most events one roll-up transaction takes, so that the write connection, which the ledger's
-/// group commit also needs, is never held long (after a long stop, say, with many left over).
+/// The PostgreSQL advisory lock an insert of events holds from before its rows draw `seq` to
+/// its commit (see the module's docs).
+pub const RECORD_LOCK: i64 = 0x6c65_616b_7902;
+
+/// Most events one roll-up transaction takes, so that a roll-up after a long stop, with many
+/// left over, never holds a connection (on SQLite the write connection, which the ledger's
+/// group commit also needs) for long.
 const MOST_EVENTS: i64 = 50_000;
 
-/// Adds the events `rowid`s `> through` and `<= upto` to the hourly totals.
-const ADD_TO_TOTALS: &str = "INSERT INTO analytics_hourly \
-     (hour_start, user_id, org_id, provider, outcome, requests, tokens) \
-     SELECT (occurred_at / 3600000) * 3600000, user_id, COALESCE(org_id, ''), provider, outcome, COUNT(*), SUM(tokens) \
-     FROM analytics_events WHERE rowid > $1 AND rowid <= $2 \
-     GROUP BY 1, 2, 3, 4, 5 \
-     ON CONFLICT (hour_start, user_id, org_id, provider, outcome) \
-     DO UPDATE SET requests = requests + excluded.requests, tokens = tokens + excluded.tokens";
+/// The roll-up's statements on one database.
+struct Statements {
+    /// The cursor (`through`) and the position of the last event (`last`), the cursor's row
+    /// locked.
+    read_cursor: &'static str,
+    /// Adds the events at positions `> $1` and `<= $2` to the hourly totals.
+    add_to_totals: &'static str,
+    /// Whether `add_to_totals` answers how many events it added (as `added`); otherwise every
+    /// position it passed was an event.
+    answers_added: bool,
+    /// Moves the cursor to `$1`.
+    move_cursor: &'static str,
+}
 
-/// Adds every event recorded since the last roll-up to the hourly totals (SQLite), in
-/// transactions of at most [`MOST_EVENTS`]; returns how many events it added.
+const SQLITE: Statements = Statements {
+    // The transaction is `BEGIN IMMEDIATE`: it holds the database's write lock from the start.
+    read_cursor: "SELECT through_rowid AS through, (SELECT COALESCE(MAX(rowid), 0) FROM analytics_events) AS last \
+                  FROM analytics_rollup WHERE id = 1",
+    add_to_totals: "INSERT INTO analytics_hourly (hour_start, user_id, org_id, provider, outcome, requests, tokens) \
+         SELECT (occurred_at / 3600000) * 3600000, user_id, COALESCE(org_id, ''), provider, outcome, COUNT(*), SUM(tokens) \
+         FROM analytics_events WHERE rowid > $1 AND rowid <= $2 \
+         GROUP BY 1, 2, 3, 4, 5 \
+         ON CONFLICT (hour_start, user_id, org_id, provider, outcome) \
+         DO UPDATE SET requests = requests + excluded.requests, tokens = tokens + excluded.tokens",
+    answers_added: false,
+    move_cursor: "UPDATE analytics_rollup SET through_rowid = $1 WHERE id = 1",
+};
+
+const POSTGRES: Statements = Statements {
+    // A roll-up that waited for another's lock reads the cursor as that one left it.
+    read_cursor: "SELECT through_seq AS through, (SELECT COALESCE(MAX(seq), 0) FROM analytics_events) AS last \
+                  FROM analytics_rollup WHERE id = 1 FOR UPDATE",
+    // A `seq` may be a gap (drawn by a replayed event the insert passed over, or by an insert
+    // rolled back), so the statement counts the events it adds.
+    add_to_totals: "WITH added AS (\
+         SELECT (occurred_at / 3600000) * 3600000 AS hour_start, user_id, COALESCE(org_id, '') AS org_id, provider, \
+         outcome, COUNT(*) AS requests, SUM(tokens) AS tokens \
+         FROM analytics_events WHERE seq > $1 AND seq <= $2 GROUP BY 1, 2, 3, 4, 5), \
+         totals AS (INSERT INTO analytics_hourly (hour_start, user_id, org_id, provider, outcome, requests, tokens) \
+         SELECT * FROM added \
+         ON CONFLICT (hour_start, user_id, org_id, provider, outcome) \
+         DO UPDATE SET requests = analytics_hourly.requests + excluded.requests, \
+         tokens = analytics_hourly.tokens + excluded.tokens) \
+         SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT) AS added FROM added",
+    answers_added: true,
+    move_cursor: "UPDATE analytics_rollup SET through_seq = $1 WHERE id = 1",
+};
+
+/// Adds every event recorded since the last roll-up to the hourly totals, in transactions of at
+/// most [`MOST_EVENTS`]; returns how many events it added.
 pub async fn roll_up(pool: &Pool) -> Result<u64, StoreError> {
     let started = std::time::Instant::now();
     let added = roll_up_by(pool, MOST_EVENTS).await?;
@@ -48,9 +97,10 @@ pub async fn roll_up(pool: &Pool) -> Result<u64, StoreError> {
 
 /// [`roll_up`], at most `most` events a transaction.
 async fn roll_up_by(pool: &Pool, most: i64) -> Result<u64, StoreError> {
+    let statements = statements_for(pool)?;
     let mut added = 0;
     loop {
-        let (some, more) = roll_up_some(pool, most).await?;
+        let (some, more) = roll_up_some(pool, statements, most).await?;
         added += some;
         metrics::counter!("leaky_analytics_rolled_up_total").increment(some);
         if !more {
@@ -60,29 +110,38 @@ async fn roll_up_by(pool: &Pool, most: i64) -> Result<u64, StoreError> {
     }
 }
 
-/// One transaction of [`roll_up`], of at most `most` events: how many it added, and whether
-/// more are left.
-async fn roll_up_some(pool: &Pool, most: i64) -> Result<(u64, bool), StoreError> {
+/// The roll-up's statements on the database of `pool`.
+fn statements_for(pool: &Pool) -> Result<&'static Statements, StoreError> {
+    Ok(match Backend::of_url(pool.connect_options().database_url.as_str())? {
+        Backend::Sqlite => &SQLITE,
+        Backend::Postgres => &POSTGRES,
+    })
+}
+
+/// One transaction of [`roll_up`], of at most `most` positions: how many events it added, and
+/// whether more are left.
+async fn roll_up_some(pool: &Pool, statements: &Statements, most: i64) -> Result<(u64, bool), StoreError> {
     let mut tx = crate::database::begin(pool).await?;
-    let row = sqlx::query(
-        "SELECT through_rowid, (SELECT COALESCE(MAX(rowid), 0) FROM analytics_events) AS last \
-         FROM analytics_rollup WHERE id = 1",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    let (through, last): (i64, i64) = (row.try_get("through_rowid")?, row.try_get("last")?);
+    let row = sqlx::query(statements.read_cursor).fetch_one(&mut *tx).await?;
+    let (through, last): (i64, i64) = (row.try_get("through")?, row.try_get("last")?);
     if last <= through {
         tx.rollback().await?;
         return Ok((0, false));
     }
     let upto = last.min(through.saturating_add(most));
-    sqlx::query(ADD_TO_TOTALS).bind(through).bind(upto).execute(&mut *tx).await?;
-    sqlx::query("UPDATE analytics_rollup SET through_rowid = $1 WHERE id = 1").bind(upto).execute(&mut *tx).await?;
+    let add = sqlx::query(statements.add_to_totals).bind(through).bind(upto);
+    let added = if statements.answers_added {
+        add.fetch_one(&mut *tx).await?.try_get("added")?
+    } else {
+        add.execute(&mut *tx).await?;
+        upto - through
+    };
+    sqlx::query(statements.move_cursor).bind(upto).execute(&mut *tx).await?;
     tx.commit().await?;
-    Ok((u64::try_from(upto - through).unwrap_or(0), upto < last))
+    Ok((u64::try_from(added).unwrap_or(0), upto < last))
 }
 
-/// Rolls up every `every`, forever (SQLite): a task of its own, like the outbox's pruner.
+/// Rolls up every `every`, forever: a task of its own, like the outbox's pruner.
 pub(super) fn spawn(pool: Pool, every: Duration) -> tokio::task::JoinHandle<()> {
     crate::runtime::spawn(async move {
         let mut every = tokio::time::interval(every);
@@ -124,7 +183,8 @@ mod tests {
             .collect();
         SqlAnalytics::new(&db).record(&events).await.unwrap();
 
-        assert_eq!(roll_up_some(db.pool(), 2).await.unwrap(), (2, true));
+        let statements = statements_for(db.pool()).unwrap();
+        assert_eq!(roll_up_some(db.pool(), statements, 2).await.unwrap(), (2, true));
         assert_eq!(roll_up_by(db.pool(), 2).await.unwrap(), 3, "the rest, in two more transactions");
         let (requests, tokens): (i64, i64) =
             sqlx::query_as("SELECT CAST(SUM(requests) AS BIGINT), CAST(SUM(tokens) AS BIGINT) FROM analytics_hourly")
@@ -132,6 +192,6 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!((requests, tokens), (5, 10));
-        assert_eq!(roll_up_some(db.pool(), 2).await.unwrap(), (0, false));
+        assert_eq!(roll_up_some(db.pool(), statements, 2).await.unwrap(), (0, false));
     }
 }
