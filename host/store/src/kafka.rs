@@ -133,10 +133,10 @@ impl EventBus for KafkaBus {
 const CONSUMED_PER_WRITE: usize = crate::analytics::EVENTS_PER_STATEMENT;
 /// How long the analytics consumer gathers messages, from the first, into one write to the sink.
 ///
-/// The SQL sink's hourly totals are upserted once per (hour, user, provider, outcome) a
-/// statement holds, however many of its events add to each: with thousands of users, a write of
-/// the few hundred events that arrive together upserts nearly one total per event, and a whole
-/// statement's worth fewer. Analytics lag by up to this long at a trickle of events.
+/// A write of the few hundred events that arrive together costs a statement (and, on
+/// PostgreSQL, a turn of the record lock all replicas' consumers share) for those few; a whole
+/// statement's worth costs the same once. Analytics lag by up to this long at a trickle of
+/// events.
 const GATHER_FOR: Duration = Duration::from_millis(500);
 
 /// Runs the analytics consumer group `group` until the task is dropped: the events that arrive

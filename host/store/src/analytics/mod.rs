@@ -2,7 +2,7 @@
 //!
 //! The SQL sink keeps one row per event (its id is what makes a replay change nothing) and
 //! hourly totals per user, org, provider and outcome (`analytics_hourly`, migration 0003),
-//! rolled up from the events once a second and before every report ([`rollup`]). A report reads the totals for the
+//! rolled up from the events every few seconds and before every report ([`rollup`]). A report reads the totals for the
 //! whole hours of its range and the events only for the rest, so neither recording an event nor
 //! reading a month costs a write or a read per event at a random place of an index.
 
@@ -106,10 +106,11 @@ impl SqlAnalytics {
         Self { pool: db.pool().clone(), readers: db.readers().clone(), backend: db.backend() }
     }
 
-    /// Rolls the hourly totals up every [`rollup::ROLL_UP_EVERY`] from now on, so a report
-    /// finds little left to roll up.
-    pub fn keep_rolled_up(&self) {
-        rollup::spawn(self.pool.clone(), rollup::ROLL_UP_EVERY);
+    /// Rolls the hourly totals up from now on, every second on SQLite and every five seconds
+    /// on PostgreSQL ([`rollup`]), so a report finds little left to roll up.
+    pub fn keep_rolled_up(&self) -> Result<(), StoreError> {
+        rollup::spawn(self.pool.clone())?;
+        Ok(())
     }
 }
 

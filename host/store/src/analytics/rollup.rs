@@ -5,8 +5,9 @@
 //! after the roll-up's cursor (`analytics_rollup`) are added to the totals in one statement,
 //! which touches each total once however many events it gains, and the cursor moves in the same
 //! transaction: an event is counted once, whether the process stops before or after its
-//! roll-up. The service rolls up every [`ROLL_UP_EVERY`] ([`super::SqlAnalytics::keep_rolled_up`]),
-//! and a report first rolls up whatever is left, so it counts every event recorded before it.
+//! roll-up. The service rolls up every second on SQLite and every five on PostgreSQL
+//! ([`super::SqlAnalytics::keep_rolled_up`]), and a report first rolls up whatever is left, so
+//! it counts every event recorded before it.
 //!
 //! The cursor is a position in the order events become visible, so the events after it are
 //! exactly those not yet counted:
@@ -23,20 +24,19 @@ use sqlx::Row;
 
 use crate::{Backend, Pool, StoreError};
 
-/// How often the service rolls up the events recorded since the last time.
-pub const ROLL_UP_EVERY: Duration = Duration::from_secs(1);
-
 /// The PostgreSQL advisory lock an insert of events holds from before its rows draw `seq` to
 /// its commit (see the module's docs).
 pub const RECORD_LOCK: i64 = 0x6c65_616b_7902;
 
-/// Most events one roll-up transaction takes, so that a roll-up after a long stop, with many
-/// left over, never holds a connection (on SQLite the write connection, which the ledger's
-/// group commit also needs) for long.
-const MOST_EVENTS: i64 = 50_000;
-
-/// The roll-up's statements on one database.
+/// How one database rolls up: how often, how much at a time, and the statements.
 struct Statements {
+    /// How often the service rolls up the events recorded since the last time. Each roll-up
+    /// writes every total its events add to once, so a longer interval writes fewer totals per
+    /// event (with thousands of users active, nearly one per event at a second).
+    every: Duration,
+    /// Most positions one roll-up transaction takes, so that a roll-up after a long stop, with
+    /// many events left over, never holds a connection for long.
+    most: i64,
     /// The cursor (`through`) and the position of the last event (`last`), the cursor's row
     /// locked.
     read_cursor: &'static str,
@@ -50,6 +50,10 @@ struct Statements {
 }
 
 const SQLITE: Statements = Statements {
+    // The roll-up holds the write connection the ledger's group commit also needs: often and
+    // short.
+    every: Duration::from_secs(1),
+    most: 50_000,
     // The transaction is `BEGIN IMMEDIATE`: it holds the database's write lock from the start.
     read_cursor: "SELECT through_rowid AS through, (SELECT COALESCE(MAX(rowid), 0) FROM analytics_events) AS last \
                   FROM analytics_rollup WHERE id = 1",
@@ -64,6 +68,10 @@ const SQLITE: Statements = Statements {
 };
 
 const POSTGRES: Statements = Statements {
+    // The roll-up holds only the mark's row lock, so it can take five seconds of events at once
+    // (about 60,000 at 12,000 consumes a second) and write each total once for them.
+    every: Duration::from_secs(5),
+    most: 500_000,
     // A roll-up that waited for another's lock reads the cursor as that one left it.
     read_cursor: "SELECT through_seq AS through, (SELECT COALESCE(MAX(seq), 0) FROM analytics_events) AS last \
                   FROM analytics_rollup WHERE id = 1 FOR UPDATE",
@@ -84,10 +92,10 @@ const POSTGRES: Statements = Statements {
 };
 
 /// Adds every event recorded since the last roll-up to the hourly totals, in transactions of at
-/// most [`MOST_EVENTS`]; returns how many events it added.
+/// most the database's most positions; returns how many events it added.
 pub async fn roll_up(pool: &Pool) -> Result<u64, StoreError> {
     let started = std::time::Instant::now();
-    let added = roll_up_by(pool, MOST_EVENTS).await?;
+    let added = roll_up_by(pool, statements_for(pool)?.most).await?;
     // How long roll-ups hold the write connection; one that found nothing to add tells nothing.
     if added > 0 {
         metrics::histogram!("leaky_analytics_rollup_seconds").record(started.elapsed().as_secs_f64());
@@ -141,9 +149,10 @@ async fn roll_up_some(pool: &Pool, statements: &Statements, most: i64) -> Result
     Ok((u64::try_from(added).unwrap_or(0), upto < last))
 }
 
-/// Rolls up every `every`, forever: a task of its own, like the outbox's pruner.
-pub(super) fn spawn(pool: Pool, every: Duration) -> tokio::task::JoinHandle<()> {
-    crate::runtime::spawn(async move {
+/// Rolls up at the database's interval, forever: a task of its own, like the outbox's pruner.
+pub(super) fn spawn(pool: Pool) -> Result<tokio::task::JoinHandle<()>, StoreError> {
+    let every = statements_for(&pool)?.every;
+    Ok(crate::runtime::spawn(async move {
         let mut every = tokio::time::interval(every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -152,7 +161,7 @@ pub(super) fn spawn(pool: Pool, every: Duration) -> tokio::task::JoinHandle<()> 
                 tracing::warn!(error = %err, "cannot roll up the hourly analytics totals; trying again later");
             }
         }
-    })
+    }))
 }
 
 #[cfg(test)]
