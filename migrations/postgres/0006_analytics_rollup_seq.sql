@@ -26,6 +26,13 @@ ALTER TABLE analytics_events ALTER COLUMN seq SET DEFAULT nextval('analytics_eve
 ALTER SEQUENCE analytics_events_seq OWNED BY analytics_events.seq;
 CREATE INDEX analytics_by_seq ON analytics_events (seq) WHERE seq IS NOT NULL;
 
+-- A roll-up rewrites most of the totals of the current hour at once. Pages kept half empty let
+-- each new version go on its row's own page (a HOT update, no index entry): measured on the
+-- benchmark's database, a roll-up of 50,000 events into 10,000 totals wrote 20,000 WAL records
+-- instead of 62,000 and took 100-134 ms instead of 274-314 ms. It applies to pages written from
+-- now on.
+ALTER TABLE analytics_hourly SET (fillfactor = 50);
+
 CREATE TABLE analytics_rollup (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     through_seq BIGINT NOT NULL
