@@ -6,10 +6,10 @@
 -- the service adds the events after `analytics_rollup.through_seq` to the totals in one
 -- statement per interval, which touches each total once however many events it gains, and
 -- moves `through_seq` in the same transaction; a report first rolls up what is left
--- (docs/04-architecture.md, "Analytics").
+-- (docs/04-architecture.md, "Hourly analytics totals").
 --
 -- Rows do not become visible in the order PostgreSQL draws their keys. So every insert of
--- events takes the advisory lock 0x6c65616b7902 (`analytics::rollup::RECORD_LOCK`) before its
+-- events takes the advisory lock 0x6c65616b7903 (`advisory_locks::ANALYTICS_RECORD`) before its
 -- rows draw `seq`, and holds it to its commit: once a row is visible, so is every row with a
 -- lower `seq` that will ever be, and the rows after `through_seq` are exactly the events not yet
 -- counted. Replicas of an earlier build insert without it: stop them before migrating.

@@ -14,6 +14,7 @@
 //!   the writer hands them over in a [`commit_feed::CommitFeed`] when it can); the
 //!   [`analytics`] sink deduplicates them by event id.
 
+pub mod advisory_locks;
 pub mod analytics;
 pub mod api_keys;
 pub mod bus;

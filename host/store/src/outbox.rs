@@ -24,8 +24,6 @@ use crate::{Backend, Database, Pool, StoreError, now_ms};
 
 /// Events relayed per round.
 const BATCH: i64 = 1000;
-/// The PostgreSQL advisory lock a relay holds while it publishes a round.
-const RELAY_LOCK: i64 = 0x6c65_616b_7901;
 
 /// Publishes one batch of unpublished events; returns how many.
 ///
@@ -43,7 +41,7 @@ pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, Stor
         Backend::Postgres => {
             let mut tx = crate::database::begin(db.pool()).await?;
             // Another replica's relay holds the lock: no rows, and nothing to do.
-            let (events, last_seq) = unpublished(&mut *tx, Some(RELAY_LOCK)).await?;
+            let (events, last_seq) = unpublished(&mut *tx, Some(crate::advisory_locks::RELAY)).await?;
             publish(bus, &events).await?;
             advance(&mut *tx, last_seq).await?;
             tx.commit().await?;

@@ -170,7 +170,11 @@ async fn on_postgres_an_event_committed_after_a_later_one_is_still_rolled_up() {
     let alice = Uuid::now_v7();
 
     let mut slow = test.db.pool().begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(rollup::RECORD_LOCK).execute(&mut *slow).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(leaky_store::advisory_locks::ANALYTICS_RECORD)
+        .execute(&mut *slow)
+        .await
+        .unwrap();
     sqlx::query(
         "INSERT INTO analytics_events (event_id, user_id, provider, tokens, outcome, occurred_at) \
          VALUES ($1, $2, 'openai', 1, 'allowed', $3)",

@@ -199,7 +199,7 @@ fn sqlite_insert(events: &[Event]) -> Sql<'_> {
 }
 
 /// The insert of `events` on PostgreSQL: one array per column ([`crate::pg_array`]), so the
-/// statement stays prepared whatever the batch. It takes [`rollup::RECORD_LOCK`] (held to its
+/// statement stays prepared whatever the batch. It takes [`crate::advisory_locks::ANALYTICS_RECORD`] (held to its
 /// commit) before its rows draw their `seq`: the sort by position consumes every input row,
 /// and so the lock, before the first row is inserted.
 fn postgres_insert(events: &[Event]) -> Sql<'static> {
@@ -209,7 +209,7 @@ fn postgres_insert(events: &[Event]) -> Sql<'static> {
             "SELECT w.event_id, w.user_id, w.org_id, w.provider, w.model, w.tokens, w.outcome, w.occurred_at \
                FROM (SELECT pg_advisory_xact_lock(",
         )
-        .bind(rollup::RECORD_LOCK)
+        .bind(crate::advisory_locks::ANALYTICS_RECORD)
         .push(")) AS held, ")
         .unnest([
             texts(events.iter().map(|e| Some(e.id))),

@@ -14,7 +14,8 @@
 //! - On SQLite, `rowid`: `analytics_events` rows are never deleted and the database has one
 //!   writer, so each new row's `rowid` is above every earlier one's.
 //! - On PostgreSQL, where replicas' analytics consumers insert at the same time, `seq`
-//!   (migration 0006), drawn while the insert holds [`RECORD_LOCK`] to its commit: once a row
+//!   (migration 0006), drawn while the insert holds [`crate::advisory_locks::ANALYTICS_RECORD`]
+//!   to its commit: once a row
 //!   is visible, so is every row with a lower `seq` that will ever be. Replicas' roll-ups take
 //!   turns on the cursor's row lock.
 
@@ -23,10 +24,6 @@ use std::time::Duration;
 use sqlx::Row;
 
 use crate::{Backend, Pool, StoreError};
-
-/// The PostgreSQL advisory lock an insert of events holds from before its rows draw `seq` to
-/// its commit (see the module's docs).
-pub const RECORD_LOCK: i64 = 0x6c65_616b_7902;
 
 /// How one database rolls up: how often, how much at a time, and the statements.
 struct Statements {

@@ -569,10 +569,6 @@ async fn write_quota_rows<'q>(
     Ok(())
 }
 
-/// The PostgreSQL advisory lock held from a transaction's first outbox row to its commit, so
-/// outbox rows become visible in `seq` order (the relay never passes a row still uncommitted).
-const OUTBOX_LOCK: i64 = 0x6c65_616b_7902;
-
 /// The outbox payloads (JSON) of `events`.
 fn payloads(events: &[&Event]) -> Result<Vec<String>, StoreError> {
     events.iter().map(|e| serde_json::to_string(e).map_err(|err| StoreError::Corrupt(err.to_string()))).collect()
@@ -589,7 +585,7 @@ async fn insert_events<'q>(
         return Ok(());
     }
     if writes.backend() == Backend::Postgres {
-        return postgres::insert_events(writes, events, payloads, OUTBOX_LOCK, now).await;
+        return postgres::insert_events(writes, events, payloads, crate::advisory_locks::OUTBOX, now).await;
     }
     let rows: Vec<(&Event, &String)> = events.iter().copied().zip(payloads).collect();
     for run in rows.chunks(MAX_ROWS) {
