@@ -20,10 +20,11 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
+use uuid::Uuid;
 
 use crate::StoreError;
 use crate::analytics::AnalyticsSink;
-use crate::bus::{BoxFuture, EventBus};
+use crate::bus::{BoxFuture, EventBus, StoredEvent};
 use crate::events::{Event, PURCHASE_TOPIC, USAGE_TOPIC};
 
 /// Where the brokers are and how topics are named.
@@ -77,8 +78,8 @@ pub struct KafkaBus {
 }
 
 /// `00-<event id>-<its last 8 bytes>-01`: a trace whose id is the event's.
-pub fn traceparent(event: &Event) -> String {
-    let id = event.id.simple().to_string();
+pub fn traceparent(event_id: Uuid) -> String {
+    let id = event_id.simple().to_string();
     format!("00-{id}-{}-01", &id[16..])
 }
 
@@ -96,35 +97,48 @@ impl KafkaBus {
             .map_err(|e| bus_error("cannot create the Kafka producer", e))?;
         Ok(Self { producer, config })
     }
+
+    /// Sends each event's JSON to its versioned topic, keyed by user, with its id and a
+    /// traceparent in the headers, and waits until the broker has every one.
+    async fn send(&self, events: &[StoredEvent]) -> Result<(), StoreError> {
+        let prefix = &self.config.topic_prefix;
+        let mut deliveries = Vec::with_capacity(events.len());
+        let mut topic = String::new();
+        for event in events {
+            topic.clear();
+            topic.push_str(prefix);
+            topic.push_str(&event.topic);
+            let event_id = event.id.to_string();
+            let trace = traceparent(event.id);
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "event-id", value: Some(event_id.as_bytes()) })
+                .insert(Header { key: "traceparent", value: Some(trace.as_bytes()) });
+            let record = FutureRecord::to(&topic).key(&event.key).payload(&event.payload).headers(headers);
+            let delivery = self.producer.send_result(record).map_err(|(e, _)| bus_error("queueing an event", e))?;
+            deliveries.push(delivery);
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((err, _))) => return Err(bus_error("publishing an event", err)),
+                Err(_) => return Err(StoreError::Bus("the producer dropped an event".into())),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl EventBus for KafkaBus {
     fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let prefix = &self.config.topic_prefix;
-            let mut deliveries = Vec::with_capacity(events.len());
-            for event in events {
-                let topic = format!("{prefix}{}", event.topic());
-                let payload = serde_json::to_vec(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let key = event.user_id.to_string();
-                let event_id = event.id.to_string();
-                let trace = traceparent(event);
-                let headers = OwnedHeaders::new()
-                    .insert(Header { key: "event-id", value: Some(event_id.as_bytes()) })
-                    .insert(Header { key: "traceparent", value: Some(trace.as_bytes()) });
-                let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
-                let delivery = self.producer.send_result(record).map_err(|(e, _)| bus_error("queueing an event", e))?;
-                deliveries.push(delivery);
-            }
-            for delivery in deliveries {
-                match delivery.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((err, _))) => return Err(bus_error("publishing an event", err)),
-                    Err(_) => return Err(StoreError::Bus("the producer dropped an event".into())),
-                }
-            }
-            Ok(())
+            let stored = events.iter().map(StoredEvent::of).collect::<Result<Vec<_>, _>>()?;
+            self.send(&stored).await
         })
+    }
+
+    /// Sends the JSON as the outbox stored it.
+    fn publish_stored<'a>(&'a self, events: &'a [StoredEvent]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.send(events))
     }
 }
 

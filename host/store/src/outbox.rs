@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use crate::bus::EventBus;
+use crate::bus::{BoxFuture, EventBus, StoredEvent};
 use crate::commit_feed::CommitFeed;
 use crate::events::Event;
 use crate::{Backend, Database, Pool, StoreError, now_ms};
@@ -34,7 +34,7 @@ pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, Stor
     match db.backend() {
         Backend::Sqlite => {
             let (events, last_seq) = unpublished(db.readers(), None).await?;
-            publish(bus, &events).await?;
+            publish_stored(bus, &events).await?;
             advance(db.pool(), last_seq).await?;
             Ok(events.len())
         }
@@ -42,7 +42,7 @@ pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, Stor
             let mut tx = crate::database::begin(db.pool()).await?;
             // Another replica's relay holds the lock: no rows, and nothing to do.
             let (events, last_seq) = unpublished(&mut *tx, Some(crate::advisory_locks::RELAY)).await?;
-            publish(bus, &events).await?;
+            publish_stored(bus, &events).await?;
             advance(&mut *tx, last_seq).await?;
             tx.commit().await?;
             Ok(events.len())
@@ -50,24 +50,24 @@ pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, Stor
     }
 }
 
-/// The next batch after the cursor, and the `seq` of its last event. With `lock` (PostgreSQL),
-/// only if this transaction takes that advisory lock, in the same statement: no rows when
-/// another transaction holds it.
-async fn unpublished<'c, E>(conn: E, lock: Option<i64>) -> Result<(Vec<Event>, i64), StoreError>
+/// The next batch after the cursor, as stored, and the `seq` of its last event. With `lock`
+/// (PostgreSQL), only if this transaction takes that advisory lock, in the same statement: no
+/// rows when another transaction holds it.
+async fn unpublished<'c, E>(conn: E, lock: Option<i64>) -> Result<(Vec<StoredEvent>, i64), StoreError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
     let query = match lock {
         // An uncorrelated scalar subquery runs once per execution, not once per row.
         Some(lock) => sqlx::query(
-            "SELECT seq, payload FROM outbox WHERE (SELECT pg_try_advisory_xact_lock($2)) \
+            "SELECT seq, event_id, topic, key, payload FROM outbox WHERE (SELECT pg_try_advisory_xact_lock($2)) \
              AND seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1) ORDER BY seq LIMIT $1",
         )
         .bind(BATCH)
         .bind(lock),
         None => sqlx::query(
-            "SELECT seq, payload FROM outbox WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1) \
-             ORDER BY seq LIMIT $1",
+            "SELECT seq, event_id, topic, key, payload FROM outbox \
+             WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1) ORDER BY seq LIMIT $1",
         )
         .bind(BATCH),
     };
@@ -76,8 +76,13 @@ where
     let mut last_seq = 0i64;
     for row in &rows {
         last_seq = row.try_get("seq")?;
-        let payload: String = row.try_get("payload")?;
-        events.push(serde_json::from_str::<Event>(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        let id: String = row.try_get("event_id")?;
+        events.push(StoredEvent {
+            id: id.parse().map_err(|e| StoreError::Corrupt(format!("outbox event id {id:?}: {e}")))?,
+            topic: row.try_get("topic")?,
+            key: row.try_get("key")?,
+            payload: row.try_get("payload")?,
+        });
     }
     Ok((events, last_seq))
 }
@@ -107,20 +112,31 @@ async fn relay_round(
     *cursor = None;
     let at: i64 = sqlx::query_scalar("SELECT last_seq FROM outbox_cursor WHERE id = 1").fetch_one(db.readers()).await?;
     let (events, last_seq) = unpublished(db.readers(), None).await?;
-    publish(bus, &events).await?;
+    publish_stored(bus, &events).await?;
     advance(db.pool(), last_seq).await?;
     *cursor = Some(last_seq.max(at));
     Ok(events.len())
 }
 
+/// Publishes events the ledger writer handed over.
 async fn publish(bus: &dyn EventBus, events: &[Event]) -> Result<(), StoreError> {
-    if events.is_empty() {
+    timed(events.len(), bus.publish(events)).await
+}
+
+/// Publishes events read back from the outbox, as stored.
+async fn publish_stored(bus: &dyn EventBus, events: &[StoredEvent]) -> Result<(), StoreError> {
+    timed(events.len(), bus.publish_stored(events)).await
+}
+
+/// Awaits the publishing of `count` events (none: nothing to await) and counts them.
+async fn timed(count: usize, publishing: BoxFuture<'_, Result<(), StoreError>>) -> Result<(), StoreError> {
+    if count == 0 {
         return Ok(());
     }
     let started = std::time::Instant::now();
-    bus.publish(events).await?;
+    publishing.await?;
     metrics::histogram!("leaky_outbox_publish_seconds").record(started.elapsed().as_secs_f64());
-    metrics::counter!("leaky_outbox_relayed_total").increment(events.len() as u64);
+    metrics::counter!("leaky_outbox_relayed_total").increment(count as u64);
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use common::TestDb;
 use leaky_store::analytics::{AnalyticsSink, ReportQuery, SqlAnalytics, Totals};
-use leaky_store::bus::{BoxFuture, EventBus};
+use leaky_store::bus::{BoxFuture, EventBus, StoredEvent};
 use leaky_store::commit_feed::CommitFeed;
 use leaky_store::events::{Event, Outcome};
 use leaky_store::ledger::{Arbiter, Committed, Debit, LedgerWriter, Scope, Standing, WRITEBACK_EVERY};
@@ -431,12 +431,22 @@ async fn a_sole_writer_adds_up_what_its_book_decided(t: &TestDb) {
     }
 }
 
-/// Remembers what it was given.
+/// Remembers the ids of what it was given. What it is given as stored in the outbox must be
+/// the event as a bus would carry it (topic, key, JSON), so that publishing the stored form
+/// sends what publishing the event would.
 #[derive(Default)]
 struct Recorder(Mutex<Vec<Uuid>>);
 
 impl EventBus for Recorder {
     fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.lock().unwrap().extend(events.iter().map(|e| e.id));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn publish_stored<'a>(&'a self, events: &'a [StoredEvent]) -> BoxFuture<'a, Result<(), StoreError>> {
+        for stored in events {
+            assert_eq!(StoredEvent::of(&stored.event().unwrap()).unwrap(), *stored);
+        }
         self.0.lock().unwrap().extend(events.iter().map(|e| e.id));
         Box::pin(async { Ok(()) })
     }
