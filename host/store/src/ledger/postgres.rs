@@ -58,8 +58,9 @@ pub(super) fn lock_rows(keys: &[QuotaKey]) -> Sql<'static> {
 /// finds the row by the tuple id it read and leaves it alone; a debit left alone is decided
 /// under lock afterwards ([`super::arbitrate`]). Each
 /// key's row is found through the primary key (`OFFSET 0` keeps the planner from turning the
-/// lateral lookups into a join that scans the whole table), and rows are locked in `spends`'
-/// order.
+/// lateral lookups into a join that scans the whole table), whether its user is in an org
+/// through the index of org members (`users_in_orgs`, migration 0007), and rows are locked in
+/// `spends`' order.
 pub(super) fn spend_fitting(spends: &[(Uuid, &str, i64)], daily: i64, monthly: i64, now: i64) -> Sql<'static> {
     // The start of the row's period current at `now`, from the row as the update sees it.
     const CURRENT: &str = "(CASE q.period WHEN 'daily' THEN x.daily WHEN 'monthly' THEN x.monthly ELSE 0 END)";
