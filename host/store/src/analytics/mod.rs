@@ -198,11 +198,21 @@ fn sqlite_insert(events: &[Event]) -> Sql<'_> {
     insert
 }
 
+/// What an insert of events does with an event id already recorded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    /// Fails the whole insert: the plain insert, for batches of new events.
+    Fails,
+    /// Passes over it: the insert for a batch that holds some (a replay).
+    PassedOver,
+}
+
 /// The insert of `events` on PostgreSQL: one array per column ([`crate::pg_array`]), so the
-/// statement stays prepared whatever the batch. It takes [`crate::advisory_locks::ANALYTICS_RECORD`] (held to its
-/// commit) before its rows draw their `seq`: the sort by position consumes every input row,
-/// and so the lock, before the first row is inserted.
-fn postgres_insert(events: &[Event]) -> Sql<'static> {
+/// statement stays prepared whatever the batch. It takes
+/// [`crate::advisory_locks::ANALYTICS_RECORD`] (held to its commit) before its rows draw their
+/// `seq`: the sort by position consumes every input row, and so the lock, before the first row
+/// is inserted.
+fn postgres_insert(events: &[Event], recorded: Recorded) -> Sql<'static> {
     let mut insert = Sql::new(Backend::Postgres, INSERT);
     insert
         .push(
@@ -223,9 +233,30 @@ fn postgres_insert(events: &[Event]) -> Sql<'static> {
         ])
         .push(
             " WITH ORDINALITY AS w(event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at, n) \
-             ORDER BY w.n ON CONFLICT (event_id) DO NOTHING",
+             ORDER BY w.n",
         );
+    if recorded == Recorded::PassedOver {
+        insert.push(" ON CONFLICT (event_id) DO NOTHING");
+    }
     insert
+}
+
+/// Records `events` (at most [`EVENTS_PER_STATEMENT`]) on PostgreSQL, each id once.
+///
+/// A batch seldom holds an event recorded before (only a replay does: a relay that stopped
+/// before moving its cursor, a consumer group rebalanced before storing its offsets), so it is
+/// first inserted plainly, which costs PostgreSQL less than `ON CONFLICT`'s speculative
+/// insertion of every row; only when that fails on an id recorded before (writing nothing) is it
+/// inserted again passing over those ids.
+async fn record_on_postgres(pool: &Pool, events: &[Event]) -> Result<(), StoreError> {
+    match postgres_insert(events, Recorded::Fails).execute(pool).await {
+        Err(StoreError::Database(sqlx::Error::Database(err))) if err.is_unique_violation() => {
+            metrics::counter!("leaky_analytics_replayed_writes_total").increment(1);
+            postgres_insert(events, Recorded::PassedOver).execute(pool).await?;
+            Ok(())
+        }
+        result => result.map(|_| ()),
+    }
 }
 
 impl AnalyticsSink for SqlAnalytics {
@@ -238,11 +269,12 @@ impl AnalyticsSink for SqlAnalytics {
             // rows it did write are then passed over by their event ids. One statement per
             // batch up to [`EVENTS_PER_STATEMENT`] is one round trip to the database.
             for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-                let insert = match self.backend {
-                    Backend::Postgres => postgres_insert(chunk),
-                    Backend::Sqlite => sqlite_insert(chunk),
-                };
-                insert.execute(&self.pool).await?;
+                match self.backend {
+                    Backend::Postgres => record_on_postgres(&self.pool, chunk).await?,
+                    Backend::Sqlite => {
+                        sqlite_insert(chunk).execute(&self.pool).await?;
+                    }
+                }
             }
             Ok(())
         })
