@@ -37,11 +37,21 @@ pub struct StoredRate {
     pub words: [u64; 4],
 }
 
+/// The most decimal digits of a `u64`.
+const MAX_WORD_DIGITS: usize = 20;
+
 impl StoredRate {
     /// The stored text form: `strategy|w0|w1|w2|w3`.
     pub fn encode(&self) -> String {
-        let [a, b, c, d] = self.words;
-        format!("{}|{a}|{b}|{c}|{d}", self.strategy)
+        use std::fmt::Write as _;
+        // Room for the longest words from the start (`format!` grows its string as it writes,
+        // several times for this one); writing to a `String` cannot fail.
+        let mut text = String::with_capacity(self.strategy.len() + 4 * (1 + MAX_WORD_DIGITS));
+        text.push_str(&self.strategy);
+        for word in self.words {
+            let _ = write!(text, "|{word}");
+        }
+        text
     }
 
     /// Parses [`Self::encode`]'s form.
@@ -114,6 +124,7 @@ mod tests {
     #[test]
     fn stored_rates_round_trip_and_garbage_is_refused() {
         let rate = StoredRate { strategy: "token-bucket".into(), words: [1, u64::MAX, 0, 42] };
+        assert_eq!(rate.encode(), "token-bucket|1|18446744073709551615|0|42", "the form Redis holds");
         assert_eq!(StoredRate::decode(&rate.encode()), Some(rate));
         for bad in ["", "x", "x|1|2|3", "x|1|2|3|4|5", "x|1|2|3|-4"] {
             assert_eq!(StoredRate::decode(bad), None, "{bad}");

@@ -51,7 +51,8 @@ impl RedisRateState {
     }
 
     fn redis_key(&self, key: &RateKey) -> String {
-        format!("{}rate:{}:{}", self.prefix, key.provider, key.subject)
+        // One allocation of the whole length (`format!` grows its string as it writes).
+        [self.prefix.as_str(), "rate:", &key.provider, ":", &key.subject].concat()
     }
 }
 
