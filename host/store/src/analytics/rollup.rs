@@ -15,9 +15,8 @@
 //!   writer, so each new row's `rowid` is above every earlier one's.
 //! - On PostgreSQL, where replicas' analytics consumers insert at the same time, `seq`
 //!   (migration 0006), drawn while the insert holds [`crate::advisory_locks::ANALYTICS_RECORD`]
-//!   to its commit: once a row
-//!   is visible, so is every row with a lower `seq` that will ever be. Replicas' roll-ups take
-//!   turns on the cursor's row lock.
+//!   to its commit: once a row is visible, so is every row with a lower `seq` that will ever
+//!   be. Replicas' roll-ups take turns on the cursor's row lock.
 
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use sqlx::Row;
 use crate::{Backend, Pool, StoreError};
 
 /// How one database rolls up: how often, how much at a time, and the statements.
-struct Statements {
+struct DatabaseRollUp {
     /// How often the service rolls up the events recorded since the last time. Each roll-up
     /// writes every total its events add to once, so a longer interval writes fewer totals per
     /// event (with thousands of users active, nearly one per event at a second).
@@ -46,7 +45,7 @@ struct Statements {
     move_cursor: &'static str,
 }
 
-const SQLITE: Statements = Statements {
+const SQLITE: DatabaseRollUp = DatabaseRollUp {
     // The roll-up holds the write connection the ledger's group commit also needs: often and
     // short.
     every: Duration::from_secs(1),
@@ -64,7 +63,7 @@ const SQLITE: Statements = Statements {
     move_cursor: "UPDATE analytics_rollup SET through_rowid = $1 WHERE id = 1",
 };
 
-const POSTGRES: Statements = Statements {
+const POSTGRES: DatabaseRollUp = DatabaseRollUp {
     // The roll-up holds only the mark's row lock, so it can take five seconds of events at once
     // (about 60,000 at 12,000 consumes a second) and write each total once for them.
     every: Duration::from_secs(5),
@@ -89,18 +88,18 @@ const POSTGRES: Statements = Statements {
 };
 
 /// Adds every event recorded since the last roll-up to the hourly totals, in transactions of at
-/// most the database's most positions; returns how many events it added.
+/// most the database's `most` positions; returns how many events it added.
 pub async fn roll_up(pool: &Pool) -> Result<u64, StoreError> {
     let started = std::time::Instant::now();
     let added = roll_up_by(pool, statements_for(pool)?.most).await?;
-    // How long roll-ups hold the write connection; one that found nothing to add tells nothing.
+    // How long roll-ups hold their connection; one that found nothing to add tells nothing.
     if added > 0 {
         metrics::histogram!("leaky_analytics_rollup_seconds").record(started.elapsed().as_secs_f64());
     }
     Ok(added)
 }
 
-/// [`roll_up`], at most `most` events a transaction.
+/// [`roll_up`], at most `most` positions a transaction.
 async fn roll_up_by(pool: &Pool, most: i64) -> Result<u64, StoreError> {
     let statements = statements_for(pool)?;
     let mut added = 0;
@@ -115,8 +114,8 @@ async fn roll_up_by(pool: &Pool, most: i64) -> Result<u64, StoreError> {
     }
 }
 
-/// The roll-up's statements on the database of `pool`.
-fn statements_for(pool: &Pool) -> Result<&'static Statements, StoreError> {
+/// How the database of `pool` rolls up.
+fn statements_for(pool: &Pool) -> Result<&'static DatabaseRollUp, StoreError> {
     Ok(match Backend::of_url(pool.connect_options().database_url.as_str())? {
         Backend::Sqlite => &SQLITE,
         Backend::Postgres => &POSTGRES,
@@ -125,7 +124,7 @@ fn statements_for(pool: &Pool) -> Result<&'static Statements, StoreError> {
 
 /// One transaction of [`roll_up`], of at most `most` positions: how many events it added, and
 /// whether more are left.
-async fn roll_up_some(pool: &Pool, statements: &Statements, most: i64) -> Result<(u64, bool), StoreError> {
+async fn roll_up_some(pool: &Pool, statements: &DatabaseRollUp, most: i64) -> Result<(u64, bool), StoreError> {
     let mut tx = crate::database::begin(pool).await?;
     let row = sqlx::query(statements.read_cursor).fetch_one(&mut *tx).await?;
     let (through, last): (i64, i64) = (row.try_get("through")?, row.try_get("last")?);
