@@ -2,9 +2,10 @@
 //!
 //! The SQL sink keeps one row per event (its id is what makes a replay change nothing) and
 //! hourly totals per user, org, provider and outcome (`analytics_hourly`, migration 0003),
-//! rolled up from the events every few seconds and before every report ([`rollup`]). A report reads the totals for the
-//! whole hours of its range and the events only for the rest, so neither recording an event nor
-//! reading a month costs a write or a read per event at a random place of an index.
+//! rolled up from the events every few seconds and before every report ([`rollup`]). A report
+//! reads the totals for the whole hours of its range and the events only for the rest, so
+//! neither recording an event nor reading a month costs a write or a read per event at a random
+//! place of an index.
 
 use serde::Serialize;
 use sqlx::Row;
