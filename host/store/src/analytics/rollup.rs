@@ -91,7 +91,8 @@ const POSTGRES: DatabaseRollUp = DatabaseRollUp {
 /// most the database's `most` positions; returns how many events it added.
 pub async fn roll_up(pool: &Pool) -> Result<u64, StoreError> {
     let started = std::time::Instant::now();
-    let added = roll_up_by(pool, statements_for(pool)?.most).await?;
+    let database = rollup_for(pool)?;
+    let added = roll_up_by(pool, database, database.most).await?;
     // How long roll-ups hold their connection; one that found nothing to add tells nothing.
     if added > 0 {
         metrics::histogram!("leaky_analytics_rollup_seconds").record(started.elapsed().as_secs_f64());
@@ -100,11 +101,10 @@ pub async fn roll_up(pool: &Pool) -> Result<u64, StoreError> {
 }
 
 /// [`roll_up`], at most `most` positions a transaction.
-async fn roll_up_by(pool: &Pool, most: i64) -> Result<u64, StoreError> {
-    let statements = statements_for(pool)?;
+async fn roll_up_by(pool: &Pool, database: &DatabaseRollUp, most: i64) -> Result<u64, StoreError> {
     let mut added = 0;
     loop {
-        let (some, more) = roll_up_some(pool, statements, most).await?;
+        let (some, more) = roll_up_some(pool, database, most).await?;
         added += some;
         metrics::counter!("leaky_analytics_rolled_up_total").increment(some);
         if !more {
@@ -115,7 +115,7 @@ async fn roll_up_by(pool: &Pool, most: i64) -> Result<u64, StoreError> {
 }
 
 /// How the database of `pool` rolls up.
-fn statements_for(pool: &Pool) -> Result<&'static DatabaseRollUp, StoreError> {
+fn rollup_for(pool: &Pool) -> Result<&'static DatabaseRollUp, StoreError> {
     Ok(match Backend::of_url(pool.connect_options().database_url.as_str())? {
         Backend::Sqlite => &SQLITE,
         Backend::Postgres => &POSTGRES,
@@ -124,30 +124,30 @@ fn statements_for(pool: &Pool) -> Result<&'static DatabaseRollUp, StoreError> {
 
 /// One transaction of [`roll_up`], of at most `most` positions: how many events it added, and
 /// whether more are left.
-async fn roll_up_some(pool: &Pool, statements: &DatabaseRollUp, most: i64) -> Result<(u64, bool), StoreError> {
+async fn roll_up_some(pool: &Pool, database: &DatabaseRollUp, most: i64) -> Result<(u64, bool), StoreError> {
     let mut tx = crate::database::begin(pool).await?;
-    let row = sqlx::query(statements.read_cursor).fetch_one(&mut *tx).await?;
+    let row = sqlx::query(database.read_cursor).fetch_one(&mut *tx).await?;
     let (through, last): (i64, i64) = (row.try_get("through")?, row.try_get("last")?);
     if last <= through {
         tx.rollback().await?;
         return Ok((0, false));
     }
     let upto = last.min(through.saturating_add(most));
-    let add = sqlx::query(statements.add_to_totals).bind(through).bind(upto);
-    let added = if statements.answers_added {
+    let add = sqlx::query(database.add_to_totals).bind(through).bind(upto);
+    let added = if database.answers_added {
         add.fetch_one(&mut *tx).await?.try_get("added")?
     } else {
         add.execute(&mut *tx).await?;
         upto - through
     };
-    sqlx::query(statements.move_cursor).bind(upto).execute(&mut *tx).await?;
+    sqlx::query(database.move_cursor).bind(upto).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok((u64::try_from(added).unwrap_or(0), upto < last))
 }
 
 /// Rolls up at the database's interval, forever: a task of its own, like the outbox's pruner.
 pub(super) fn spawn(pool: Pool) -> Result<tokio::task::JoinHandle<()>, StoreError> {
-    let every = statements_for(&pool)?.every;
+    let every = rollup_for(&pool)?.every;
     Ok(crate::runtime::spawn(async move {
         let mut every = tokio::time::interval(every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -188,15 +188,15 @@ mod tests {
             .collect();
         SqlAnalytics::new(&db).record(&events).await.unwrap();
 
-        let statements = statements_for(db.pool()).unwrap();
-        assert_eq!(roll_up_some(db.pool(), statements, 2).await.unwrap(), (2, true));
-        assert_eq!(roll_up_by(db.pool(), 2).await.unwrap(), 3, "the rest, in two more transactions");
+        let database = rollup_for(db.pool()).unwrap();
+        assert_eq!(roll_up_some(db.pool(), database, 2).await.unwrap(), (2, true));
+        assert_eq!(roll_up_by(db.pool(), database, 2).await.unwrap(), 3, "the rest, in two more transactions");
         let (requests, tokens): (i64, i64) =
             sqlx::query_as("SELECT CAST(SUM(requests) AS BIGINT), CAST(SUM(tokens) AS BIGINT) FROM analytics_hourly")
                 .fetch_one(db.pool())
                 .await
                 .unwrap();
         assert_eq!((requests, tokens), (5, 10));
-        assert_eq!(roll_up_some(db.pool(), statements, 2).await.unwrap(), (0, false));
+        assert_eq!(roll_up_some(db.pool(), database, 2).await.unwrap(), (0, false));
     }
 }
