@@ -300,8 +300,8 @@ async fn two_writers_never_spend_more_than_a_quota(t: &TestDb) {
 
 /// The database arbiter decides in the period the row stores: a daily quota partly spent
 /// yesterday counts today's debit from zero, and one spent to its limit yesterday takes it too,
-/// while one spent to its limit today refuses it; debits
-/// of a user in an org and of one in none, committed together, are each charged as stored.
+/// while one spent to its limit today refuses it; debits of a user in an org and of one in
+/// none, committed together, are each charged as stored.
 async fn the_database_decides_in_the_stored_period_with_and_without_an_org(t: &TestDb) {
     let writer =
         LedgerWriter::start(&t.db, Arbiter::Database, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap();
