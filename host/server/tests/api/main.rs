@@ -6,6 +6,7 @@ mod helpers;
 mod admin;
 mod auth;
 mod consume;
+mod http2;
 mod kafka;
 mod operations;
 mod policies;
