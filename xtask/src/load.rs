@@ -6,7 +6,8 @@
 //! `leaky serve` (or `--replicas N` of them on consecutive ports, the connections spread over
 //! them) on a fresh data directory, and drives `POST /api/v1/tokens/consume` (one token for a
 //! different user each time, round-robin over all of them) from keep-alive HTTP/1.1
-//! connections for a fixed time, as a gateway acting for its users would. It prints requests
+//! connections for a fixed time, as a gateway acting for its users would; with `--http2`, over
+//! a few HTTP/2 connections carrying many requests each (`load/http2.rs`). It prints requests
 //! per second, the status counts and latency percentiles, and what the servers used per request
 //! (CPU time and bytes written to storage, from `/proc`), and what the whole machine's CPUs
 //! spent per request and on which commands (the load generator, and on the distributed setup
@@ -26,11 +27,23 @@ use tokio::net::TcpStream;
 
 use crate::{cargo, run, usage};
 
+mod http2;
+
+/// How the load generator talks to the servers.
+#[derive(Clone, Copy)]
+pub enum Protocol {
+    /// One request at a time on each keep-alive connection.
+    Http1,
+    /// Cleartext HTTP/2 (prior knowledge), `streams` requests at once on each connection.
+    Http2 { streams: usize },
+}
+
 /// Benchmark settings.
 #[derive(Clone)]
 pub struct Load {
     pub users: u32,
     pub connections: usize,
+    pub protocol: Protocol,
     pub seconds: u64,
     pub port: u16,
     pub replicas: u16,
@@ -136,50 +149,58 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
     let login: serde_json::Value = serde_json::from_str(&body)?;
     let token = login["accessToken"].as_str().context("no token")?.to_string();
 
-    // Every request is built before the clock starts: one per user, sent as it is.
-    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
-        users
-            .iter()
-            .map(|user| {
-                let body = format!(r#"{{"userId":"{user}","provider":"openai","tokens":1}}"#);
-                http_request("POST", "/api/v1/tokens/consume", Some(&token), &body)
-            })
-            .collect(),
-    );
     let warm_up = Duration::from_secs(2);
     let measure = Duration::from_secs(load.seconds);
+    let in_flight = match load.protocol {
+        Protocol::Http1 => format!("{} HTTP/1.1 connections", load.connections),
+        Protocol::Http2 { streams } => format!("{} HTTP/2 connections of {streams} streams", load.connections),
+    };
     println!(
-        "{} connections over {} replica(s), {} users, {}s warm-up, {}s measured ...",
-        load.connections,
+        "{in_flight} over {} replica(s), {} users, {}s warm-up, {}s measured ...",
         addrs.len(),
         users.len(),
         warm_up.as_secs(),
         load.seconds
     );
     let start = Instant::now();
-    let tasks: Vec<_> = (0..load.connections)
-        .map(|c| {
-            let (addr, requests) = (addrs[c % addrs.len()].clone(), Arc::clone(&requests));
-            tokio::spawn(async move { worker(&addr, &requests, c, start + warm_up, start + warm_up + measure).await })
-        })
-        .collect();
+    let (from, until) = (start + warm_up, start + warm_up + measure);
+    let tasks: Vec<_> = match load.protocol {
+        Protocol::Http1 => {
+            // Every request is built before the clock starts: one per user, sent as it is.
+            let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+                users
+                    .iter()
+                    .map(|user| http_request("POST", "/api/v1/tokens/consume", Some(&token), &consume_body(user)))
+                    .collect(),
+            );
+            (0..load.connections)
+                .map(|c| {
+                    let (addr, requests) = (addrs[c % addrs.len()].clone(), Arc::clone(&requests));
+                    tokio::spawn(async move { worker(&addr, &requests, c, from, until).await })
+                })
+                .collect()
+        }
+        Protocol::Http2 { streams } => {
+            let requests = Arc::new(http2::Requests::new(&token, users.iter().map(|user| consume_body(user)))?);
+            (0..load.connections)
+                .map(|c| {
+                    let (addr, requests) = (addrs[c % addrs.len()].clone(), Arc::clone(&requests));
+                    tokio::spawn(
+                        async move { http2::connection(&addr, requests, streams, c * streams, from, until).await },
+                    )
+                })
+                .collect()
+        }
+    };
     tokio::time::sleep_until((start + warm_up).into()).await;
     let (before, machine_before) = (usage::read_all(pids), usage::machine());
     tokio::time::sleep_until((start + warm_up + measure).into()).await;
     let (after, machine_after) = (usage::read_all(pids), usage::machine());
-    let mut latencies = Vec::new();
-    let mut statuses = BTreeMap::new();
-    let mut samples = BTreeMap::new();
+    let mut stats = Stats::default();
     for t in tasks {
-        let (lat, st, sampled) = t.await??;
-        latencies.extend(lat);
-        for (k, v) in st {
-            *statuses.entry(k).or_insert(0u64) += v;
-        }
-        for (status, body) in sampled {
-            samples.entry(status).or_insert(body);
-        }
+        stats.merge(t.await??);
     }
+    let Stats { mut latencies, statuses, samples } = stats;
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -245,15 +266,50 @@ fn ms(micros: u32) -> f64 {
     f64::from(micros) / 1000.0
 }
 
-/// One connection's latencies, its count of each status, and the body of its first answer of
-/// each status other than 200.
-type Stats = (Vec<u32>, BTreeMap<u16, u64>, BTreeMap<u16, String>);
+/// The consume request's body for one user.
+fn consume_body(user: &str) -> String {
+    format!(r#"{{"userId":"{user}","provider":"openai","tokens":1}}"#)
+}
+
+/// Each user's requests follow one another at this stride through the users: a prime, so
+/// concurrent senders spread over them.
+const USER_STRIDE: usize = 7919;
+
+/// What some requests measured: their latencies (us), the count of each status, and the body
+/// of the first answer of each status other than 200.
+#[derive(Default)]
+struct Stats {
+    latencies: Vec<u32>,
+    statuses: BTreeMap<u16, u64>,
+    samples: BTreeMap<u16, String>,
+}
+
+impl Stats {
+    /// Counts one answer received `latency` after its request was sent.
+    fn record(&mut self, latency: Duration, status: u16, body: impl FnOnce() -> String) {
+        self.latencies.push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        *self.statuses.entry(status).or_insert(0) += 1;
+        if status != 200 && !self.samples.contains_key(&status) {
+            self.samples.insert(status, body());
+        }
+    }
+
+    fn merge(&mut self, other: Stats) {
+        self.latencies.extend(other.latencies);
+        for (status, count) in other.statuses {
+            *self.statuses.entry(status).or_insert(0) += count;
+        }
+        for (status, body) in other.samples {
+            self.samples.entry(status).or_insert(body);
+        }
+    }
+}
 
 async fn worker(addr: &str, requests: &[Vec<u8>], first: usize, from: Instant, until: Instant) -> Result<Stats> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(8192);
-    let (mut latencies, mut statuses, mut samples) = (Vec::new(), BTreeMap::new(), BTreeMap::new());
+    let mut stats = Stats::default();
     let mut i = first;
     loop {
         let now = Instant::now();
@@ -261,20 +317,16 @@ async fn worker(addr: &str, requests: &[Vec<u8>], first: usize, from: Instant, u
             break;
         }
         let request = &requests[i % requests.len()];
-        i += 7919; // a prime stride spreads connections over the users
+        i += USER_STRIDE;
         stream.write_all(request).await?;
         let (status, body) = read_response(&mut stream, &mut buf).await?;
         let length = body.end;
         if now >= from {
-            latencies.push(u32::try_from(now.elapsed().as_micros()).unwrap_or(u32::MAX));
-            *statuses.entry(status).or_insert(0) += 1;
-            if status != 200 && !samples.contains_key(&status) {
-                samples.insert(status, String::from_utf8_lossy(&buf[body]).into_owned());
-            }
+            stats.record(now.elapsed(), status, || String::from_utf8_lossy(&buf[body]).into_owned());
         }
         buf.drain(..length);
     }
-    Ok((latencies, statuses, samples))
+    Ok(stats)
 }
 
 /// A whole HTTP/1.1 request, head and body, sent in one write as HTTP clients send it.

@@ -53,6 +53,13 @@ enum Task {
         /// Concurrent keep-alive connections.
         #[arg(long, default_value_t = 64)]
         connections: usize,
+        /// Speak HTTP/2 (cleartext, prior knowledge), as a gateway multiplexing its calls over
+        /// a few connections does: each connection carries `--streams` requests at once.
+        #[arg(long)]
+        http2: bool,
+        /// Concurrent requests on each HTTP/2 connection.
+        #[arg(long, default_value_t = 128, requires = "http2")]
+        streams: usize,
         /// Measured seconds (after a 2 s warm-up).
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -102,10 +109,11 @@ fn main() -> Result<()> {
             cmd.args(["run", "--quiet", "--release", "--package", "xtask", "--"]).args(std::env::args().skip(1));
             run(&mut cmd)
         }
-        Task::BenchHttp { users, connections, seconds, port, replicas, binary, against, rounds } => {
+        Task::BenchHttp { users, connections, http2, streams, seconds, port, replicas, binary, against, rounds } => {
             guests::build(&root)?;
             let target = guests::target_dir(&root)?;
-            let load = load::Load { users, connections, seconds, port, replicas, binary };
+            let protocol = if http2 { load::Protocol::Http2 { streams } } else { load::Protocol::Http1 };
+            let load = load::Load { users, connections, protocol, seconds, port, replicas, binary };
             match (&load.binary, against) {
                 (Some(first), Some(second)) => compare::compare(&root, &target, &load, first, &second, rounds),
                 _ => load::bench(&root, &target, &load).map(|_| ()),
