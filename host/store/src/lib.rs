@@ -38,5 +38,5 @@ pub mod sql;
 pub mod users;
 pub mod writer_claim;
 
-pub use database::{Backend, Database, Pool, begin, now_ms};
+pub use database::{Backend, CHECK_IDLE_CONNECTIONS_AFTER, Database, Pool, begin, now_ms};
 pub use error::StoreError;
