@@ -9,7 +9,8 @@
 //! - `cargo xtask bench`: build the guests, then run the criterion benchmarks.
 //! - `cargo xtask bench-http`: build the guests and a release server, then drive consume with
 //!   a load generator (itself built for release) and print req/s and latency percentiles;
-//!   with `--binary A --against B`, the two builds in alternating pairs.
+//!   with `--binary A --against B`, the two builds in alternating pairs; with `--http2`, over
+//!   a few HTTP/2 connections of many streams each.
 
 mod compare;
 mod guests;
