@@ -95,6 +95,21 @@ impl TestApp {
         self.client.put(self.url(path)).bearer_auth(token).json(&body).send().await.expect("request sent")
     }
 
+    /// Sends a registration past the body limit through `client` and checks that it is refused
+    /// with 413 in the API's error format.
+    pub async fn assert_oversized_body_refused(&self, client: &Client) {
+        let r = client
+            .post(self.url("/api/v1/auth/register"))
+            .header("content-type", "application/json")
+            .body(format!("{{\"username\": \"{}\"}}", "x".repeat(200_000)))
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(r.status(), 413);
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "payload_too_large");
+    }
+
     /// Registers and logs in a fresh user.
     pub async fn user(&self) -> User {
         let name = format!("u{}", Uuid::new_v4().simple());

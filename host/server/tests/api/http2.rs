@@ -50,16 +50,7 @@ async fn http2_requests_meet_the_same_authorization_and_body_limit() {
         .unwrap();
     assert_eq!(unauthenticated.version(), Version::HTTP_2);
     assert_eq!(unauthenticated.status(), 401);
-    let oversized = client
-        .post(app.url("/api/v1/auth/register"))
-        .header("content-type", "application/json")
-        .body(format!("{{\"username\": \"{}\"}}", "x".repeat(200_000)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(oversized.status(), 413);
-    let body: Value = oversized.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "payload_too_large");
+    app.assert_oversized_body_refused(&client).await;
     let quota: Value = app.get("/api/v1/tokens/quota?provider=openai", Some(&user.token)).await.json().await.unwrap();
     assert_eq!(quota["used"], 0);
 }
