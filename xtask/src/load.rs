@@ -38,6 +38,9 @@ pub enum Protocol {
     Http2 { streams: usize },
 }
 
+/// The most requests the server takes at once on one HTTP/2 connection (hyper's default).
+pub const MAX_STREAMS: usize = 200;
+
 /// Benchmark settings.
 #[derive(Clone)]
 pub struct Load {
@@ -271,8 +274,8 @@ fn consume_body(user: &str) -> String {
     format!(r#"{{"userId":"{user}","provider":"openai","tokens":1}}"#)
 }
 
-/// Each user's requests follow one another at this stride through the users: a prime, so
-/// concurrent senders spread over them.
+/// Each sender steps through the users at this stride: a prime, so concurrent senders spread
+/// over them.
 const USER_STRIDE: usize = 7919;
 
 /// What some requests measured: their latencies (us), the count of each status, and the body

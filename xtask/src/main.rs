@@ -113,6 +113,12 @@ fn main() -> Result<()> {
         Task::BenchHttp { users, connections, http2, streams, seconds, port, replicas, binary, against, rounds } => {
             guests::build(&root)?;
             let target = guests::target_dir(&root)?;
+            if http2 && !(1..=load::MAX_STREAMS).contains(&streams) {
+                bail!(
+                    "--streams must be 1 to {}: the server takes that many at once per connection",
+                    load::MAX_STREAMS
+                );
+            }
             let protocol = if http2 { load::Protocol::Http2 { streams } } else { load::Protocol::Http1 };
             let load = load::Load { users, connections, protocol, seconds, port, replicas, binary };
             match (&load.binary, against) {
