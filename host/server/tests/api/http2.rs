@@ -35,6 +35,16 @@ async fn concurrent_consumes_on_one_http2_connection_are_each_answered_and_count
     }
     let quota: Value = app.get("/api/v1/tokens/quota?provider=openai", Some(&user.token)).await.json().await.unwrap();
     assert_eq!(quota["used"], 300);
+    // The request metrics tell HTTP/2 from HTTP/1.1.
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    let over = |version: &str| {
+        metrics.lines().any(|line| {
+            line.starts_with("http_server_request_duration_seconds_count")
+                && line.contains(r#"http_route="/api/v1/tokens/consume""#)
+                && line.contains(&format!(r#"network_protocol_version="{version}""#))
+        })
+    };
+    assert!(over("2"), "{metrics}");
 }
 
 #[tokio::test]
