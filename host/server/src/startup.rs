@@ -165,7 +165,7 @@ async fn analytics_sink(settings: &Settings, db: &Database) -> anyhow::Result<Ar
     Ok(match settings.analytics.backend {
         AnalyticsBackend::Sql => {
             let sink = SqlAnalytics::new(db);
-            sink.keep_rolled_up()?;
+            sink.keep_rolled_up();
             Arc::new(sink)
         }
         AnalyticsBackend::Cassandra => {

@@ -66,13 +66,13 @@ async fn each_event_is_rolled_up_once_whatever_is_replayed_or_rolled_up_again(te
     let alice = Uuid::now_v7();
     let first = [event(alice, 1, BASE + 1), event(alice, 2, BASE + 2), event(alice, 3, BASE + HOUR)];
     sink.record(&first).await.unwrap();
-    assert_eq!(rollup::roll_up(test.db.pool()).await.unwrap(), 3);
-    assert_eq!(rollup::roll_up(test.db.pool()).await.unwrap(), 0, "nothing new: nothing added");
+    assert_eq!(rollup::roll_up(test.db.pool(), test.db.backend()).await.unwrap(), 3);
+    assert_eq!(rollup::roll_up(test.db.pool(), test.db.backend()).await.unwrap(), 0, "nothing new: nothing added");
 
     // The relay publishes a batch again after a crash: only the new event is recorded.
     let new = event(alice, 10, BASE + 3);
     sink.record(&[first[0].clone(), first[1].clone(), new.clone(), new]).await.unwrap();
-    assert_eq!(rollup::roll_up(test.db.pool()).await.unwrap(), 1);
+    assert_eq!(rollup::roll_up(test.db.pool(), test.db.backend()).await.unwrap(), 1);
     let report = sink.report(&whole_days(Some(alice))).await.unwrap();
     assert_eq!(report.totals, Totals { tokens: 16, requests: 4, rate_limited: 0, quota_rejected: 0 });
     assert_eq!(hourly_requests(&test.db).await, 4);
@@ -88,7 +88,7 @@ async fn events_a_stopped_process_did_not_roll_up_are_counted_after_it(test: &Te
     let reopened = Database::open(&test.url).await.unwrap();
     let report = SqlAnalytics::new(&reopened).report(&whole_days(Some(alice))).await.unwrap();
     assert_eq!(report.totals.requests, 100);
-    assert_eq!(rollup::roll_up(reopened.pool()).await.unwrap(), 0);
+    assert_eq!(rollup::roll_up(reopened.pool(), reopened.backend()).await.unwrap(), 0);
     reopened.pool().close().await;
     reopened.readers().close().await;
 }
@@ -119,11 +119,11 @@ async fn recording_while_rolling_up_counts_every_event_once(test: &TestDb) {
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rollers: Vec<_> = (0..2)
         .map(|_| {
-            let (pool, done) = (test.db.pool().clone(), Arc::clone(&done));
+            let (pool, backend, done) = (test.db.pool().clone(), test.db.backend(), Arc::clone(&done));
             tokio::spawn(async move {
                 let mut added = 0;
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    added += rollup::roll_up(&pool).await.unwrap();
+                    added += rollup::roll_up(&pool, backend).await.unwrap();
                 }
                 added
             })
@@ -192,11 +192,11 @@ async fn on_postgres_an_event_committed_after_a_later_one_is_still_rolled_up() {
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!later.is_finished(), "the second insert waits for the first to commit");
-    assert_eq!(rollup::roll_up(test.db.pool()).await.unwrap(), 0, "nothing is committed yet");
+    assert_eq!(rollup::roll_up(test.db.pool(), test.db.backend()).await.unwrap(), 0, "nothing is committed yet");
     slow.commit().await.unwrap();
     later.await.unwrap();
 
-    assert_eq!(rollup::roll_up(test.db.pool()).await.unwrap(), 2);
+    assert_eq!(rollup::roll_up(test.db.pool(), test.db.backend()).await.unwrap(), 2);
     assert_eq!(sink.report(&whole_days(Some(alice))).await.unwrap().totals.requests, 2);
     test.finish().await;
 }

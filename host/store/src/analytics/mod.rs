@@ -109,9 +109,8 @@ impl SqlAnalytics {
 
     /// Rolls the hourly totals up from now on, every second on SQLite and every five seconds
     /// on PostgreSQL ([`rollup`]), so a report finds little left to roll up.
-    pub fn keep_rolled_up(&self) -> Result<(), StoreError> {
-        rollup::spawn(self.pool.clone())?;
-        Ok(())
+    pub fn keep_rolled_up(&self) {
+        rollup::spawn(self.pool.clone(), self.backend);
     }
 }
 
@@ -284,7 +283,7 @@ impl AnalyticsSink for SqlAnalytics {
     fn report<'a>(&'a self, q: &'a ReportQuery) -> BoxFuture<'a, Result<Report, StoreError>> {
         Box::pin(async move {
             // The totals count every event recorded before the report.
-            rollup::roll_up(&self.pool).await?;
+            rollup::roll_up(&self.pool, self.backend).await?;
             let totals = usage(
                 self.backend,
                 "SELECT CAST(COALESCE(SUM(CASE WHEN outcome = 'allowed' THEN tokens END), 0) AS BIGINT) AS tokens, \

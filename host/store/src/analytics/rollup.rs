@@ -87,11 +87,12 @@ const POSTGRES: DatabaseRollUp = DatabaseRollUp {
     move_cursor: "UPDATE analytics_rollup SET through_seq = $1 WHERE id = 1",
 };
 
-/// Adds every event recorded since the last roll-up to the hourly totals, in transactions of at
-/// most the database's `most` positions; returns how many events it added.
-pub async fn roll_up(pool: &Pool) -> Result<u64, StoreError> {
+/// Adds every event recorded since the last roll-up to the hourly totals of `pool`'s database
+/// (`backend`), in transactions of at most the database's `most` positions; returns how many
+/// events it added.
+pub async fn roll_up(pool: &Pool, backend: Backend) -> Result<u64, StoreError> {
     let started = std::time::Instant::now();
-    let database = rollup_for(pool)?;
+    let database = DatabaseRollUp::of(backend);
     let added = roll_up_by(pool, database, database.most).await?;
     // How long roll-ups hold their connection; one that found nothing to add tells nothing.
     if added > 0 {
@@ -114,12 +115,14 @@ async fn roll_up_by(pool: &Pool, database: &DatabaseRollUp, most: i64) -> Result
     }
 }
 
-/// How the database of `pool` rolls up.
-fn rollup_for(pool: &Pool) -> Result<&'static DatabaseRollUp, StoreError> {
-    Ok(match Backend::of_url(pool.connect_options().database_url.as_str())? {
-        Backend::Sqlite => &SQLITE,
-        Backend::Postgres => &POSTGRES,
-    })
+impl DatabaseRollUp {
+    /// How `backend` rolls up.
+    fn of(backend: Backend) -> &'static Self {
+        match backend {
+            Backend::Sqlite => &SQLITE,
+            Backend::Postgres => &POSTGRES,
+        }
+    }
 }
 
 /// One transaction of [`roll_up`], of at most `most` positions: how many events it added, and
@@ -146,18 +149,18 @@ async fn roll_up_some(pool: &Pool, database: &DatabaseRollUp, most: i64) -> Resu
 }
 
 /// Rolls up at the database's interval, forever: a task of its own, like the outbox's pruner.
-pub(super) fn spawn(pool: Pool) -> Result<tokio::task::JoinHandle<()>, StoreError> {
-    let every = rollup_for(&pool)?.every;
-    Ok(crate::runtime::spawn(async move {
+pub(super) fn spawn(pool: Pool, backend: Backend) -> tokio::task::JoinHandle<()> {
+    let every = DatabaseRollUp::of(backend).every;
+    crate::runtime::spawn(async move {
         let mut every = tokio::time::interval(every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            if let Err(err) = roll_up(&pool).await {
+            if let Err(err) = roll_up(&pool, backend).await {
                 tracing::warn!(error = %err, "cannot roll up the hourly analytics totals; trying again later");
             }
         }
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -188,7 +191,7 @@ mod tests {
             .collect();
         SqlAnalytics::new(&db).record(&events).await.unwrap();
 
-        let database = rollup_for(db.pool()).unwrap();
+        let database = DatabaseRollUp::of(db.backend());
         assert_eq!(roll_up_some(db.pool(), database, 2).await.unwrap(), (2, true));
         assert_eq!(roll_up_by(db.pool(), database, 2).await.unwrap(), 3, "the rest, in two more transactions");
         let (requests, tokens): (i64, i64) =
