@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::TestDb;
+use common::{TestDb, debit, user};
 use leaky_store::analytics::{AnalyticsSink, ReportQuery, SqlAnalytics, Totals};
 use leaky_store::bus::{BoxFuture, EventBus, StoredEvent};
 use leaky_store::commit_feed::CommitFeed;
@@ -41,10 +41,6 @@ on_both_databases!(
     the_sql_sink_counts_each_event_once,
     a_cancelled_begin_leaves_no_transaction_open,
 );
-
-async fn user(db: &Database, name: &str) -> Uuid {
-    users::create(db.pool(), name, &format!("{name}@example.com"), "hash", &["user"]).await.unwrap().id
-}
 
 async fn users_and_orgs(t: &TestDb) {
     let pool = t.db.pool();
@@ -193,31 +189,6 @@ async fn replicas_importing_one_component_at_once_make_one_version(t: &TestDb) {
     assert_eq!(policies::versions(t.db.pool()).await.unwrap().len(), 1);
     assert_eq!(policies::rollback_target(t.db.pool(), "leaky-bucket").await.unwrap(), None, "one activation");
     second.pool().close().await;
-}
-
-fn debit(user: Uuid, org: Option<Uuid>, limit: i64) -> Debit {
-    let now = now_ms();
-    Debit {
-        entry_id: Uuid::now_v7(),
-        user_id: user,
-        org: org.map(|id| (id, None)),
-        provider: "openai".into(),
-        tokens: 1,
-        cost: 1,
-        user_period_start: 0,
-        user_limit: limit,
-        request_id: None,
-        event: Event {
-            id: Uuid::now_v7(),
-            outcome: Outcome::Allowed,
-            user_id: user,
-            org_id: org,
-            provider: "openai".into(),
-            model: None,
-            tokens: 1,
-            occurred_at: now,
-        },
-    }
 }
 
 /// Commits `n` one-token debits of `user` through one writer.

@@ -2,8 +2,8 @@
 //! stored quota counters, so replicas sharing the database, each deciding from its own view,
 //! never spend more than a quota holds together.
 //!
-//! On PostgreSQL the users whose whole spend in the batch fits are spent first, in one
-//! conditional update ([`SpentWhole`]). The rest (on SQLite, every debit) are decided under
+//! On PostgreSQL the users whose whole spend in the batch fits are spent first, in a statement
+//! of their own ([`super::split`]). The rest (on SQLite, every debit) are decided here, under
 //! lock: it reads each spending user's org as stored, reads (and on PostgreSQL locks, in one
 //! global order) every quota row those debits touch, creates (and locks) the rows of first
 //! spends, decides each debit in the stored period, and writes the counters back.
@@ -14,7 +14,6 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::postgres;
-use super::whole::SpentWhole;
 use super::writes::Writes;
 use super::{Committed, Debit, MAX_ROWS, QuotaRow, Scope, Standing, write_quota_rows};
 use crate::quotas::Period;
@@ -25,47 +24,15 @@ use crate::{Backend, StoreError};
 /// debit, in the order given.
 pub(super) type Decided<'a> = (Vec<(&'a Debit, Option<Uuid>)>, Vec<Committed>);
 
-/// Decides `debits`, in order, against the stored counters and writes the counters back.
+/// Decides `debits`, in order, on their quota rows read under lock, and writes the counters
+/// back.
 pub(super) async fn arbitrate<'a>(
     tx: &mut sqlx::AnyConnection,
     debits: &[&'a Debit],
     backend: Backend,
     now: i64,
 ) -> Result<Decided<'a>, StoreError> {
-    let spent_whole = match backend {
-        Backend::Postgres => SpentWhole::spend(tx, debits, now).await?.answers(debits),
-        Backend::Sqlite => vec![None; debits.len()],
-    };
-    let left: Vec<&Debit> =
-        debits.iter().zip(&spent_whole).filter(|(_, spent)| spent.is_none()).map(|(d, _)| *d).collect();
-    metrics::counter!("leaky_quota_decided_total", "how" => "whole").increment((debits.len() - left.len()) as u64);
-    metrics::counter!("leaky_quota_decided_total", "how" => "locked").increment(left.len() as u64);
-    let (mut granted, decided) =
-        if left.is_empty() { (Vec::new(), Vec::new()) } else { decide_locked(tx, &left, backend, now).await? };
-    let mut decided = decided.into_iter();
-    let mut decisions = Vec::with_capacity(debits.len());
-    for (d, spent) in debits.iter().zip(spent_whole) {
-        match spent {
-            Some(spent) => {
-                granted.push((*d, None));
-                decisions.push(spent);
-            }
-            None => {
-                decisions.push(decided.next().ok_or_else(|| StoreError::Corrupt("a debit lost its decision".into()))?)
-            }
-        }
-    }
-    Ok((granted, decisions))
-}
-
-/// Decides `debits`, in order, on their quota rows read under lock, and writes the counters
-/// back.
-async fn decide_locked<'a>(
-    tx: &mut sqlx::AnyConnection,
-    debits: &[&'a Debit],
-    backend: Backend,
-    now: i64,
-) -> Result<Decided<'a>, StoreError> {
+    metrics::counter!("leaky_quota_decided_total", "how" => "locked").increment(debits.len() as u64);
     let (mut rows, orgs) = lock_quotas(tx, debits, backend, now).await?;
     let mut granted = Vec::with_capacity(debits.len());
     let mut decisions = Vec::with_capacity(debits.len());

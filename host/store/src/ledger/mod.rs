@@ -2,11 +2,11 @@
 //!
 //! A durable transaction costs an fsync, a few milliseconds; one per request would cap the
 //! service at a few hundred requests per second. Instead every request hands its debit to one
-//! writer task, which commits whatever has queued up (up to [`MAX_BATCH`]) in one transaction:
-//! the ledger rows, the quota updates and the outbox events together. Each caller is answered
-//! only after the transaction holding its debit committed, so an answered consume is never
-//! lost, and a failed transaction fails every debit in it (the caller then undoes its
-//! in-memory reservation).
+//! writer task, which commits whatever has queued up (up to [`MAX_BATCH`]) together: the
+//! ledger rows, the quota updates and the outbox events (in one transaction; on PostgreSQL in
+//! up to two, [`split`]). Each caller is answered only after the transaction holding its debit
+//! committed, so an answered consume is never lost, and a failed transaction fails every debit
+//! in it (the caller then undoes its in-memory reservation).
 //!
 //! Who decides whether a debit fits its quotas is the writer's [`Arbiter`]: on a database that
 //! replicas share, the transaction checks each debit against the stored quota counters (rows
@@ -21,6 +21,7 @@ mod arbitrate;
 mod pending;
 mod postgres;
 mod replay;
+mod split;
 mod tally;
 mod whole;
 mod writes;
@@ -295,7 +296,7 @@ async fn run(mut writer: Writer, mut receiver: mpsc::Receiver<Write>, committed:
                     let published = writes_event(&answer);
                     let event = match (write, answer) {
                         (Write::Debit(debit, done), Some(answer)) => {
-                            let _ = done.send(Ok(answer));
+                            let _ = done.send(answer);
                             debit.event
                         }
                         (Write::Event(event), None) => event,
@@ -350,7 +351,8 @@ fn is_transient(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
-/// Commits a batch in one transaction: decides the debits (as the writer's arbiter says) and
+/// Commits a batch: on PostgreSQL with the database deciding, in up to two transactions
+/// ([`split`]); elsewhere in one transaction, which decides the debits (as the writer's arbiter says) and
 /// writes the granted debits' ledger rows, the counters and the outbox events, one statement per
 /// table (on SQLite multi-row, up to [`MAX_ROWS`] rows each; on PostgreSQL one array per column:
 /// [`postgres`]); on SQLite with [`Arbiter::Caller`] as one script ([`writes`]), whose counters
@@ -405,6 +407,9 @@ async fn write(
     through_seq: bool,
 ) -> Result<Answers, StoreError> {
     let now = now_ms();
+    if arbiter == Arbiter::Database && backend == Backend::Postgres {
+        return Ok((split::commit(pool, batch, debits, now).await?, None));
+    }
     let scripted = arbiter == Arbiter::Caller && backend == Backend::Sqlite;
     let mut tx = if scripted { None } else { Some(crate::database::begin(pool).await?) };
     let (granted, decisions) = match (arbiter, tx.as_mut()) {
@@ -425,7 +430,7 @@ async fn write(
             Write::Debit(d, _) => {
                 let decision =
                     decisions.next().ok_or_else(|| StoreError::Corrupt("a debit lost its decision".into()))?;
-                let decision = Some(decision);
+                let decision = Some(Ok(decision));
                 if writes_event(&decision) {
                     events.push(&d.event);
                 }
@@ -471,14 +476,18 @@ async fn write(
     Ok((answers, last_seq))
 }
 
+/// What a group commit answers a write: a debit's decision, or why the transaction that held it
+/// failed; `None` for a write that is not a debit.
+type Answer = Option<Result<Committed, StoreError>>;
+
 /// What a group commit answers: one entry per write, and, from a script, the outbox `seq` of
 /// its last event.
-type Answers = (Vec<Option<Committed>>, Option<i64>);
+type Answers = (Vec<Answer>, Option<i64>);
 
-/// Whether a write with this answer wrote its event to the outbox (every one but a refused
-/// debit).
-fn writes_event(answer: &Option<Committed>) -> bool {
-    !matches!(answer, Some(Committed::Refused { .. }))
+/// Whether a write with this answer wrote its event to the outbox (every one but a debit refused
+/// or failed).
+fn writes_event(answer: &Answer) -> bool {
+    matches!(answer, None | Some(Ok(Committed::Spent { .. } | Committed::Recorded)))
 }
 
 /// Inserts the ledger rows of the granted debits (each with the org it charged), stamped `now`.

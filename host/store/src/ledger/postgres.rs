@@ -15,6 +15,7 @@ use super::{Debit, QuotaRow};
 use crate::StoreError;
 use crate::events::Event;
 use crate::pg_array::{ints, texts};
+use crate::quotas::Period;
 use crate::sql::Sql;
 
 /// The statement reading the `id` and `org_id` of the users of `ids`.
@@ -47,11 +48,66 @@ pub(super) fn lock_rows(keys: &[QuotaKey]) -> Sql<'static> {
     select
 }
 
-/// The statement that adds each `(user, provider, total)` of `spends` to that user's quota row,
-/// in one conditional update, where the row exists, the user is in no org as stored, and the
-/// whole total fits the limit in the period current at `now` (a row whose period has ended
-/// starts again from zero first); it answers the rows it changed, as changed. `daily` and
-/// `monthly` are the starts of those periods current at `now`.
+/// The statement that commits, on its own (one round trip, a transaction of its own), the
+/// debits of every `(user, provider, total)` of `spends` whose whole total fits: it adds the
+/// total to that user's quota row in one conditional update ([`push_spend_fitting`]), inserts
+/// the ledger row of each debit of `debits` the update spent, and writes to the outbox, in
+/// `outbox`'s order, each event of a debit the update spent and each event of no debit (`None`).
+/// It answers the quota rows it changed, as changed.
+pub(super) fn commit_fitting(
+    spends: &[(Uuid, &str, i64)],
+    debits: &[&Debit],
+    outbox: &[(&Event, &str, Option<&Debit>)],
+    lock: i64,
+    now: i64,
+) -> Sql<'static> {
+    let mut sql = Sql::new(crate::Backend::Postgres, "WITH spent AS (");
+    push_spend_fitting(&mut sql, spends, now);
+    // A row the update changed is its user's whole spend for that provider: every debit of the
+    // user for the provider in the batch is spent.
+    const SPENT: &str = "EXISTS (SELECT 1 FROM spent AS s WHERE s.owner_id = w.user_id AND s.provider = w.provider)";
+    sql.push(
+        "), ledger_rows AS (INSERT INTO ledger (entry_id, kind, user_id, org_id, provider, tokens, request_id, created_at) \
+         SELECT w.entry_id, 'consume', w.user_id, NULL, w.provider, w.tokens, w.request_id, ",
+    )
+    .bind(now)
+    .push(" FROM ")
+    .unnest([
+        texts(debits.iter().map(|d| Some(d.entry_id))),
+        texts(debits.iter().map(|d| Some(d.user_id))),
+        texts(debits.iter().map(|d| Some(&d.provider))),
+        ints(debits.iter().map(|d| i64::try_from(d.tokens).unwrap_or(i64::MAX))),
+        texts(debits.iter().map(|d| d.request_id.as_deref())),
+    ])
+    .push(" WITH ORDINALITY AS w(entry_id, user_id, provider, tokens, request_id, n) WHERE ")
+    .push(SPENT)
+    .push(" ORDER BY w.n), events AS (INSERT INTO outbox (event_id, topic, key, payload, created_at) SELECT w.event_id, w.topic, w.key, w.payload, ")
+    .bind(now)
+    // The lock is taken before the first row draws its `seq`, and held to the commit.
+    .push(" FROM (SELECT pg_advisory_xact_lock(")
+    .bind(lock)
+    .push(")) AS held, ")
+    .unnest([
+        texts(outbox.iter().map(|(e, _, _)| Some(e.id))),
+        texts(outbox.iter().map(|(e, _, _)| Some(e.topic()))),
+        texts(outbox.iter().map(|(e, _, _)| Some(e.user_id))),
+        texts(outbox.iter().map(|(_, payload, _)| Some(payload))),
+        texts(outbox.iter().map(|(_, _, d)| d.map(|d| d.user_id))),
+        texts(outbox.iter().map(|(_, _, d)| d.map(|d| &d.provider))),
+    ])
+    .push(" WITH ORDINALITY AS w(event_id, topic, key, payload, user_id, provider, n) WHERE w.user_id IS NULL OR ")
+    .push(SPENT)
+    .push(
+        " ORDER BY w.n) \
+         SELECT owner_id, provider, quota_limit, used, period, period_start FROM spent",
+    );
+    sql
+}
+
+/// Appends the update that adds each `(user, provider, total)` of `spends` to that user's quota
+/// row, in one conditional update, where the row exists, the user is in no org as stored, and
+/// the whole total fits the limit in the period current at `now` (a row whose period has ended
+/// starts again from zero first); it answers the rows it changed, as changed.
 ///
 /// The update takes each row's lock itself. When another transaction changed a row first,
 /// PostgreSQL either checks the condition again on the row as that one left it, or no longer
@@ -61,20 +117,20 @@ pub(super) fn lock_rows(keys: &[QuotaKey]) -> Sql<'static> {
 /// lateral lookups into a join that scans the whole table), whether its user is in an org
 /// through the index of org members (`users_in_orgs`, migration 0007), and rows are locked in
 /// `spends`' order.
-pub(super) fn spend_fitting(spends: &[(Uuid, &str, i64)], daily: i64, monthly: i64, now: i64) -> Sql<'static> {
+fn push_spend_fitting(update: &mut Sql<'static>, spends: &[(Uuid, &str, i64)], now: i64) {
     // The start of the row's period current at `now`, from the row as the update sees it.
     const CURRENT: &str = "(CASE q.period WHEN 'daily' THEN x.daily WHEN 'monthly' THEN x.monthly ELSE 0 END)";
     // What the row has spent in that period.
     let spent = format!("CASE WHEN {CURRENT} > q.period_start THEN 0 ELSE q.used END");
-    let mut update = Sql::new(crate::Backend::Postgres, "UPDATE quotas AS q SET used = ");
     update
+        .push("UPDATE quotas AS q SET used = ")
         .push(&spent)
         .push(&format!(" + x.total, period_start = GREATEST(q.period_start, {CURRENT}), updated_at = "))
         .bind(now)
         .push(" FROM (SELECT w.total, f.at, ")
-        .bind(daily)
+        .bind(Period::Daily.start(now))
         .push("::bigint AS daily, ")
-        .bind(monthly)
+        .bind(Period::Monthly.start(now))
         .push("::bigint AS monthly FROM ")
         .unnest([
             texts(spends.iter().map(|(user, _, _)| Some(user))),
@@ -93,7 +149,6 @@ pub(super) fn spend_fitting(spends: &[(Uuid, &str, i64)], daily: i64, monthly: i
             " + x.total <= q.quota_limit \
              RETURNING q.owner_id, q.provider, q.quota_limit, q.used, q.period, q.period_start",
         );
-    update
 }
 
 /// Inserts `rows` into `quotas`, stamped `now`, ending in `on_conflict`.

@@ -1,5 +1,6 @@
-//! PostgreSQL's first step in deciding a batch ([`super::arbitrate`]): the debits of every user
-//! whose whole spend in the batch fits, spent in one conditional update.
+//! PostgreSQL's first step in committing a batch ([`super::split`]): the debits of every user
+//! whose whole spend in the batch fits, spent in one conditional update, in one statement with
+//! their ledger rows and events.
 //!
 //! Most batches spend far below the limits, and most users belong to no org. For such a user,
 //! deciding the debits one by one under lock grants every one of them, so the update grants
@@ -7,7 +8,8 @@
 //! row as changed. That is one statement and one row version a user, where reading the row
 //! under lock and writing it back takes two statements and two. Whatever the update leaves
 //! (a total that does not fit, a user in an org, a first spend with no row yet, a row another
-//! replica changed meanwhile) is decided under lock after it, one debit at a time, as before.
+//! replica changed meanwhile) is decided under lock after it, one debit at a time
+//! ([`super::arbitrate`]).
 
 use std::collections::BTreeMap;
 
@@ -15,15 +17,23 @@ use uuid::Uuid;
 
 use super::arbitrate::parse_quota_row;
 use super::{Committed, Debit, Standing, postgres};
-use crate::StoreError;
-use crate::quotas::Period;
+use crate::events::Event;
+use crate::{Pool, StoreError};
 
 /// The rows the update changed: each user's quota (for one provider) after its whole spend.
 pub(super) struct SpentWhole(BTreeMap<(Uuid, String), Standing>);
 
 impl SpentWhole {
-    /// Spends, in `tx`, the debits of each user (and provider) whose total fits, as of `now`.
-    pub(super) async fn spend(tx: &mut sqlx::AnyConnection, debits: &[&Debit], now: i64) -> Result<Self, StoreError> {
+    /// Commits, in one statement on `pool` (a transaction of its own, in one round trip), the
+    /// debits of each user (and provider) whose total fits, as of `now`, with their ledger rows,
+    /// and writes to the outbox, in `outbox`'s order, the events of the debits it spent and the
+    /// events of no debit (`None`).
+    pub(super) async fn commit(
+        pool: &Pool,
+        debits: &[&Debit],
+        outbox: &[(&Event, &str, Option<&Debit>)],
+        now: i64,
+    ) -> Result<Self, StoreError> {
         let mut totals: BTreeMap<(Uuid, &str), i64> = BTreeMap::new();
         for d in debits {
             *totals.entry((d.user_id, d.provider.as_str())).or_default() += d.cost;
@@ -31,9 +41,9 @@ impl SpentWhole {
         // In key order: the order in which every replica locks users' rows.
         let spends: Vec<(Uuid, &str, i64)> =
             totals.into_iter().map(|((user, provider), total)| (user, provider, total)).collect();
-        let update = postgres::spend_fitting(&spends, Period::Daily.start(now), Period::Monthly.start(now), now);
+        let statement = postgres::commit_fitting(&spends, debits, outbox, crate::advisory_locks::OUTBOX, now);
         let mut changed = BTreeMap::new();
-        for row in update.fetch_all(&mut *tx).await? {
+        for row in statement.fetch_all(pool).await? {
             let (user, provider, _, standing) = parse_quota_row(&row)?;
             changed.insert((user, provider), standing);
         }

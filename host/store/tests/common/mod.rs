@@ -6,8 +6,11 @@
 //! tests fail, unless `LEAKY_TEST_POSTGRES=absent` declares it absent; then they say they skipped.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use leaky_store::Database;
+use leaky_store::events::{Event, Outcome};
+use leaky_store::ledger::Debit;
+use leaky_store::{Database, now_ms, users};
 use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
 
 /// A database for one test, removed by [`TestDb::finish`].
 pub struct TestDb {
@@ -98,4 +101,36 @@ macro_rules! on_both_databases {
             )*
         }
     };
+}
+
+/// A user named `name`, created in `db`.
+pub async fn user(db: &Database, name: &str) -> Uuid {
+    users::create(db.pool(), name, &format!("{name}@example.com"), "hash", &["user"]).await.unwrap().id
+}
+
+/// A one-token debit of `user` (in `org`, whose quota period it does not know) for `openai`,
+/// with its usage event; `limit` is the user's limit should the debit create the quota row.
+pub fn debit(user: Uuid, org: Option<Uuid>, limit: i64) -> Debit {
+    let now = now_ms();
+    Debit {
+        entry_id: Uuid::now_v7(),
+        user_id: user,
+        org: org.map(|id| (id, None)),
+        provider: "openai".into(),
+        tokens: 1,
+        cost: 1,
+        user_period_start: 0,
+        user_limit: limit,
+        request_id: None,
+        event: Event {
+            id: Uuid::now_v7(),
+            outcome: Outcome::Allowed,
+            user_id: user,
+            org_id: org,
+            provider: "openai".into(),
+            model: None,
+            tokens: 1,
+            occurred_at: now,
+        },
+    }
 }

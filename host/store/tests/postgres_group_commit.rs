@@ -1,0 +1,98 @@
+//! PostgreSQL's group commit in two transactions: the users whose whole spend fits are committed
+//! in one statement of their own, and the debits left are decided under lock in a second
+//! transaction, so a failure there fails only those debits. (Which PostgreSQL, and what happens
+//! without one: `common`.)
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{debit, user};
+use leaky_store::commit_feed::CommitFeed;
+use leaky_store::ledger::{self, Arbiter, Committed, Debit, LedgerWriter, WRITEBACK_EVERY};
+use leaky_store::quotas::{self, OwnerType};
+use leaky_store::{Database, StoreError};
+use uuid::Uuid;
+
+/// Debits of a user whose quota row exists, queued in one batch with a first spend (no row yet,
+/// so decided under lock) whose ledger insert fails on an entry id used before.
+const FITTING: usize = 20;
+
+async fn outbox_events_of(db: &Database, user: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE key = $1")
+        .bind(user.to_string())
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_failure_under_lock_fails_only_the_debits_decided_there() {
+    let Some(t) = common::postgres().await else { return };
+    let writer =
+        LedgerWriter::start(&t.db, Arbiter::Database, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap();
+    let (blocker, fitting, first) =
+        (user(&t.db, "blocker").await, user(&t.db, "fitting").await, user(&t.db, "first").await);
+    // First spends create the quota rows of `blocker` and `fitting`.
+    writer.debit(debit(blocker, None, 1_000)).await.unwrap();
+    let earlier = debit(fitting, None, 1_000);
+    writer.debit(earlier.clone()).await.unwrap();
+
+    // Hold the writer on `blocker`'s row while the batch under test queues behind it, so that
+    // the whole batch is taken at once when the lock goes.
+    let mut holder = t.db.pool().begin().await.unwrap();
+    sqlx::query("SELECT used FROM quotas WHERE owner_id = $1 FOR UPDATE")
+        .bind(blocker.to_string())
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    let held = tokio::spawn({
+        let writer = writer.clone();
+        async move { writer.debit(debit(blocker, None, 1_000)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "the writer waits on the held row");
+    let mut queued = Vec::new();
+    for _ in 0..FITTING {
+        let writer = writer.clone();
+        queued.push(tokio::spawn(async move { writer.debit(debit(fitting, None, 1_000)).await }));
+    }
+    let failing = Debit { entry_id: earlier.entry_id, ..debit(first, None, 1_000) };
+    let failing = tokio::spawn({
+        let writer = writer.clone();
+        async move { writer.debit(failing).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.commit().await.unwrap();
+    assert!(matches!(held.await.unwrap(), Ok(Committed::Spent { .. })));
+
+    let mut used = Vec::new();
+    for debit in queued {
+        match debit.await.unwrap() {
+            Ok(Committed::Spent { user, org: None }) => used.push(user.used),
+            other => panic!("a debit that fits was answered {other:?}"),
+        }
+    }
+    used.sort_unstable();
+    assert_eq!(used, (2..=1 + FITTING as i64).collect::<Vec<_>>(), "each answered with the count after it");
+    let failed = failing.await.unwrap();
+    assert!(matches!(failed, Err(StoreError::CommitFailed(_))), "{failed:?}");
+
+    // What fits is stored with its events; nothing of the failed first spend is.
+    let stored = quotas::get(&t.db, OwnerType::User, fitting, "openai").await.unwrap().unwrap();
+    assert_eq!(stored.used, 1 + FITTING as i64);
+    assert_eq!(ledger::consumed(t.db.pool(), fitting, "openai").await.unwrap(), 1 + FITTING as i64);
+    assert_eq!(outbox_events_of(&t.db, fitting).await, 1 + FITTING as i64);
+    assert!(
+        quotas::get(&t.db, OwnerType::User, first, "openai").await.unwrap().is_none(),
+        "no row of the failed spend"
+    );
+    assert_eq!(ledger::consumed(t.db.pool(), first, "openai").await.unwrap(), 0);
+    assert_eq!(outbox_events_of(&t.db, first).await, 0);
+
+    // The next first spend of that user goes through.
+    assert!(matches!(writer.debit(debit(first, None, 1_000)).await.unwrap(), Committed::Spent { .. }));
+    t.finish().await;
+}
