@@ -321,6 +321,7 @@ async fn run(mut writer: Writer, mut receiver: mpsc::Receiver<Write>, committed:
             }
             Err(err) => {
                 tracing::error!(error = %err, writes = batch.len(), "ledger batch failed; every debit in it is refused");
+                count_failed(batch.iter().filter(|w| matches!(w, Write::Debit(..))).count());
                 for write in batch.drain(..) {
                     match write {
                         Write::Debit(_, done) => {
@@ -343,6 +344,11 @@ async fn run(mut writer: Writer, mut receiver: mpsc::Receiver<Write>, committed:
     {
         tracing::warn!(error = %err, "writing back the quota counters at stop failed; the next start does");
     }
+}
+
+/// Counts debits refused because the transaction holding them failed (their callers answer 503).
+fn count_failed(debits: usize) {
+    metrics::counter!("leaky_ledger_failed_total").increment(debits as u64);
 }
 
 /// A PostgreSQL deadlock or serialization failure: the same batch may well commit when tried

@@ -24,7 +24,9 @@
 use super::arbitrate::arbitrate;
 use super::whole::SpentWhole;
 use super::writes::Writes;
-use super::{Answer, Committed, Debit, RETRIES, Write, insert_events, insert_ledger, is_transient, payloads};
+use super::{
+    Answer, Committed, Debit, RETRIES, Write, count_failed, insert_events, insert_ledger, is_transient, payloads,
+};
 use crate::events::Event;
 use crate::{Backend, Pool, StoreError};
 
@@ -73,6 +75,7 @@ pub(super) async fn commit(
     };
     if let Err(err) = &locked {
         tracing::error!(error = %err, debits = left.len(), "the debits left to decide under lock failed; each is refused");
+        count_failed(left.len());
     }
 
     let mut spent = spent.into_iter();
