@@ -358,13 +358,14 @@ fn is_transient(err: &sqlx::Error) -> bool {
 }
 
 /// Commits a batch: on PostgreSQL with the database deciding, in up to two transactions
-/// ([`split`]); elsewhere in one transaction, which decides the debits (as the writer's arbiter says) and
-/// writes the granted debits' ledger rows, the counters and the outbox events, one statement per
-/// table (on SQLite multi-row, up to [`MAX_ROWS`] rows each; on PostgreSQL one array per column:
-/// [`postgres`]); on SQLite with [`Arbiter::Caller`] as one script ([`writes`]), whose counters
-/// are written back only when due or `writeback` says so (else the debits' tallies are added to
-/// the pending spend once the script committed). The answer has one entry per write (`None` for
-/// an event), and, from a script, the outbox `seq` of the last event written.
+/// ([`split`]); elsewhere in one transaction, which decides the debits (as the writer's arbiter
+/// says) and writes the granted debits' ledger rows, the counters and the outbox events, one
+/// statement per table (on SQLite multi-row, up to [`MAX_ROWS`] rows each; on PostgreSQL one
+/// array per column: [`postgres`]); on SQLite with [`Arbiter::Caller`] as one script
+/// ([`writes`]), whose counters are written back only when due or `writeback` says so (else the
+/// debits' tallies are added to the pending spend once the script committed). The answer has
+/// one entry per write (`None` for an event, an error for a debit whose transaction failed),
+/// and, from a script, the outbox `seq` of the last event written.
 async fn commit(writer: &mut Writer, batch: &[Write], writeback: bool) -> Result<Answers, StoreError> {
     let (arbiter, backend) = (writer.arbiter, writer.backend);
     let debits: Vec<&Debit> = batch
