@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::{debit, user};
 use leaky_store::commit_feed::CommitFeed;
+use leaky_store::events::{Event, Outcome};
 use leaky_store::ledger::{self, Arbiter, Committed, Debit, LedgerWriter, WRITEBACK_EVERY};
 use leaky_store::quotas::{self, OwnerType};
 use leaky_store::{Database, StoreError};
@@ -68,6 +69,7 @@ async fn on_postgres_a_failure_under_lock_fails_only_the_debits_decided_there() 
     let Some(t) = common::postgres().await else { return };
     let writer =
         LedgerWriter::start(&t.db, Arbiter::Database, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap();
+    let refused_user = Uuid::now_v7();
     let (blocker, fitting, first) =
         (user(&t.db, "blocker").await, user(&t.db, "fitting").await, user(&t.db, "first").await);
     // First spends create the quota rows of `blocker` and `fitting`.
@@ -99,6 +101,9 @@ async fn on_postgres_a_failure_under_lock_fails_only_the_debits_decided_there() 
         let writer = writer.clone();
         async move { writer.debit(failing).await }
     });
+    // A refusal's event, which no debit carries, goes in the same batch.
+    let refused = Event { outcome: Outcome::RateLimited, ..debit(refused_user, None, 1_000).event };
+    writer.record(refused.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     holder.commit().await.unwrap();
     assert!(matches!(held.await.unwrap(), Ok(Committed::Spent { .. })));
@@ -127,6 +132,12 @@ async fn on_postgres_a_failure_under_lock_fails_only_the_debits_decided_there() 
     );
     assert_eq!(ledger::consumed(t.db.pool(), first, "openai").await.unwrap(), 0);
     assert_eq!(outbox_events_of(&t.db, first).await, 0);
+    let refusal: String = sqlx::query_scalar("SELECT payload FROM outbox WHERE key = $1")
+        .bind(refused_user.to_string())
+        .fetch_one(t.db.pool())
+        .await
+        .unwrap();
+    assert!(refusal.contains(&refused.id.to_string()) && refusal.contains("rate_limited"), "{refusal}");
 
     // The next first spend of that user goes through.
     assert!(matches!(writer.debit(debit(first, None, 1_000)).await.unwrap(), Committed::Spent { .. }));
