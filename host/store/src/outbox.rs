@@ -40,6 +40,9 @@ pub async fn relay_once(db: &Database, bus: &dyn EventBus) -> Result<usize, Stor
         }
         Backend::Postgres => {
             let mut tx = crate::database::begin(db.pool()).await?;
+            // The cursor's move need not wait for the disk: a crash that loses it publishes
+            // those events again, which consumers drop by event id.
+            sqlx::query("SET LOCAL synchronous_commit TO OFF").execute(&mut *tx).await?;
             // Another replica's relay holds the lock: no rows, and nothing to do.
             let (events, last_seq) = unpublished(&mut *tx, Some(crate::advisory_locks::RELAY)).await?;
             publish_stored(bus, &events).await?;
