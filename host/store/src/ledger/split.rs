@@ -37,26 +37,18 @@ pub(super) async fn commit(
     debits: &[&Debit],
     now: i64,
 ) -> Result<Vec<Answer>, StoreError> {
-    let events: Vec<&Event> = batch
+    // The batch's events in its order, each with the debit that carries it (none for a refusal).
+    let written: Vec<(&Event, Option<&Debit>)> = batch
         .iter()
         .filter_map(|w| match w {
-            Write::Debit(d, _) => Some(&d.event),
-            Write::Event(e) => Some(e),
+            Write::Debit(d, _) => Some((&d.event, Some(d))),
+            Write::Event(e) => Some((e, None)),
             Write::Counters(_) => None,
         })
         .collect();
-    let payloads = payloads(&events)?;
-    let mut payload = payloads.iter();
-    let mut outbox = Vec::with_capacity(events.len());
-    for write in batch {
-        let (event, debit) = match write {
-            Write::Debit(d, _) => (&d.event, Some(d)),
-            Write::Event(e) => (e, None),
-            Write::Counters(_) => continue,
-        };
-        let payload = payload.next().ok_or_else(|| StoreError::Corrupt("an event lost its payload".into()))?;
-        outbox.push((event, payload.as_str(), debit));
-    }
+    let payloads = payloads(&written.iter().map(|(event, _)| *event).collect::<Vec<_>>())?;
+    let outbox: Vec<(&Event, &str, Option<&Debit>)> =
+        written.iter().zip(&payloads).map(|((event, debit), payload)| (*event, payload.as_str(), *debit)).collect();
 
     let spent = SpentWhole::commit(pool, debits, &outbox, now).await?.answers(debits);
     // The debits it left, with their events' payloads, in the batch's order.
