@@ -1,6 +1,6 @@
 //! The PostgreSQL schema against the real PostgreSQL: the migrations apply to a fresh database
 //! and are idempotent, a schema behind this build is refused unless migrating, and a schema
-//! newer than this build is refused.
+//! newer than this build is refused; migration 0008 keeps the ledger rows it re-keys.
 //! (Which PostgreSQL, and what happens without one: `common`.)
 #![allow(clippy::unwrap_used)]
 
@@ -8,6 +8,7 @@ mod common;
 
 use leaky_store::StoreError;
 use leaky_store::schema::{Schema, migrate};
+use sqlx::migrate::Migrator;
 use sqlx::{Connection, PgConnection};
 
 #[tokio::test]
@@ -53,5 +54,78 @@ async fn a_schema_newer_than_this_build_is_refused() {
         panic!("version 9999 is unknown to this build");
     };
     assert!(message.contains("9999"), "{message}");
+    common::drop_postgres(&server, &name).await;
+}
+
+/// Migration 0008 on a ledger that already holds rows: they stay, keyed by their entry id,
+/// `seq` is gone, and the quota rows' pages keep a tenth free.
+#[tokio::test]
+async fn migration_8_keeps_the_ledger_rows_and_keys_them_by_entry_id() {
+    let Some((url, server, name)) = common::fresh_postgres().await else { return };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations/postgres");
+    let all = Migrator::new(path).await.unwrap();
+    let before = Migrator {
+        migrations: all.migrations.iter().filter(|m| m.version < 8).cloned().collect::<Vec<_>>().into(),
+        ..Migrator::DEFAULT
+    };
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    before.run(&mut conn).await.unwrap();
+    let entries = ["0190d3f0-0000-7000-8000-000000000001", "0190d3f0-0000-7000-8000-000000000002"];
+    for (entry, kind, tokens) in [(entries[0], "consume", 5_i64), (entries[1], "purchase", 100)] {
+        sqlx::query(
+            "INSERT INTO ledger (entry_id, kind, user_id, provider, tokens, created_at) \
+             VALUES ($1, $2, 'someone', 'openai', $3, 1)",
+        )
+        .bind(entry)
+        .bind(kind)
+        .bind(tokens)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    conn.close().await.unwrap();
+
+    migrate(&url, Schema::Migrate).await.unwrap();
+
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT entry_id, kind, tokens FROM ledger ORDER BY entry_id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [(entries[0].to_string(), "consume".to_string(), 5), (entries[1].to_string(), "purchase".to_string(), 100)]
+    );
+    let key: Vec<String> = sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+         WHERE i.indrelid = 'ledger'::regclass AND i.indisprimary",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(key, ["entry_id"]);
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.columns WHERE table_name = 'ledger' AND column_name = 'seq'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(seq, 0, "seq is dropped");
+    let again = sqlx::query(
+        "INSERT INTO ledger (entry_id, kind, user_id, provider, tokens, created_at) \
+         VALUES ($1, 'consume', 'someone', 'openai', 1, 2)",
+    )
+    .bind(entries[0])
+    .execute(&mut conn)
+    .await;
+    let Err(sqlx::Error::Database(err)) = again else { panic!("an entry id is written once: {again:?}") };
+    assert_eq!(err.code().as_deref(), Some("23505"), "{err}");
+    let options: Vec<String> = sqlx::query_scalar("SELECT unnest(reloptions) FROM pg_class WHERE relname = 'quotas'")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(options, ["fillfactor=90"]);
+    conn.close().await.unwrap();
     common::drop_postgres(&server, &name).await;
 }
