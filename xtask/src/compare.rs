@@ -15,10 +15,10 @@ use crate::load::{self, Load, Measured};
 /// Runs `rounds` pairs of `load` against `first` and `second`, alternating which goes first,
 /// and prints each run's figures and the median ratio of the pairs.
 pub fn compare(root: &Path, target_dir: &Path, load: &Load, first: &Path, second: &Path, rounds: usize) -> Result<()> {
-    if load::on_postgres() {
+    if load::on_postgres() && !load.distributed {
         bail!(
-            "--against runs the embedded service only: a run on PostgreSQL needs a fresh database each time \
-             (docs/09-performance.md); compare those builds with single runs"
+            "a run on PostgreSQL needs a fresh database each time: compare with --distributed, which gives \
+             each run backends of its own"
         );
     }
     let builds = [first, second];

