@@ -47,6 +47,9 @@ impl Backend {
 
 /// How many connections a PostgreSQL pool keeps open at most.
 const POSTGRES_CONNECTIONS: u32 = 16;
+/// Connections of the bulk pool ([`Database::bulk`]): the analytics consumer loads one batch at a
+/// time, and a report's roll-up never uses them.
+const BULK_CONNECTIONS: u32 = 2;
 
 /// A PostgreSQL connection that sat idle in the pool this long is checked with a round trip
 /// before it is handed out, and replaced if the server dropped it meanwhile (a restart, an idle
@@ -67,6 +70,9 @@ pub const CHECK_IDLE_CONNECTIONS_AFTER: Duration = Duration::from_secs(1);
 pub struct Database {
     pool: Pool,
     readers: Pool,
+    /// On PostgreSQL, connections of the driver itself, for what the driver-neutral pool
+    /// cannot do: bulk loads with `COPY` (the analytics sink). Connected on first use.
+    bulk: Option<sqlx::PgPool>,
     backend: Backend,
     /// Quota spend the ledger holds and the counters do not show yet (SQLite only).
     pending: Arc<PendingSpend>,
@@ -89,25 +95,13 @@ impl Database {
                 let pool = sqlite_pool(url, "rwc", 1).await?;
                 crate::schema::ensure(&pool, backend, schema).await?;
                 let readers = sqlite_pool(url, "ro", 4).await?;
-                Self { pool, readers, backend, pending: Arc::default() }
+                Self { pool, readers, bulk: None, backend, pending: Arc::default() }
             }
             Backend::Postgres => {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(POSTGRES_CONNECTIONS)
-                    .test_before_acquire(false)
-                    .before_acquire(|conn, meta| {
-                        Box::pin(async move {
-                            if meta.idle_for >= CHECK_IDLE_CONNECTIONS_AFTER {
-                                conn.ping().await?;
-                            }
-                            Ok(true)
-                        })
-                    })
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect(url)
-                    .await?;
+                let pool = postgres_pool_options(POSTGRES_CONNECTIONS).connect(url).await?;
                 crate::schema::ensure(&pool, backend, schema).await?;
-                Self { readers: pool.clone(), pool, backend, pending: Arc::default() }
+                let bulk = postgres_pool_options(BULK_CONNECTIONS).connect_lazy(url)?;
+                Self { readers: pool.clone(), pool, bulk: Some(bulk), backend, pending: Arc::default() }
             }
         };
         Ok(db)
@@ -122,6 +116,11 @@ impl Database {
     /// relay's scan); read-only on SQLite.
     pub fn readers(&self) -> &Pool {
         &self.readers
+    }
+
+    /// The driver's own connections for bulk loads (`COPY`): on PostgreSQL only.
+    pub(crate) fn bulk(&self) -> Option<&sqlx::PgPool> {
+        self.bulk.as_ref()
     }
 
     /// Quota spend committed to the ledger and not yet written back to the counters; every
@@ -145,6 +144,23 @@ impl Database {
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.readers).await.is_ok()
     }
+}
+
+/// The settings of every PostgreSQL pool: `connections` at most, each checked with a round trip
+/// only when it has been idle for [`CHECK_IDLE_CONNECTIONS_AFTER`] or more.
+fn postgres_pool_options<DB: sqlx::Database>(connections: u32) -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .max_connections(connections)
+        .test_before_acquire(false)
+        .before_acquire(|conn: &mut DB::Connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= CHECK_IDLE_CONNECTIONS_AFTER {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .acquire_timeout(Duration::from_secs(10))
 }
 
 /// A pool on the SQLite file at `url`, opened in `mode` (`rwc`: read-write, created if

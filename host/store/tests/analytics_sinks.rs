@@ -129,6 +129,26 @@ async fn the_sql_sink_keeps_the_contract_on_postgres() {
     test.finish().await;
 }
 
+/// PostgreSQL loads new events with `COPY`, whose text format gives tabs, line ends and
+/// backslashes a meaning: a model name holding them is stored as given, and a NULL org as NULL.
+#[tokio::test]
+async fn the_sql_sink_on_postgres_stores_every_character_it_was_given() {
+    let Some(test) = common::postgres().await else { return };
+    let sink = SqlAnalytics::new(&test.db);
+    let mut odd = event(Uuid::now_v7(), None, "openai", 3, Outcome::Allowed, 1_700_000_000_000);
+    odd.model = Some("tab\there, line\nend, \\N, back\\slash, \r, \u{fc}mlaut".into());
+    sink.record(std::slice::from_ref(&odd)).await.unwrap();
+    let (model, org): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT model, org_id FROM analytics_events WHERE event_id = $1")
+            .bind(odd.id.to_string())
+            .fetch_one(test.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(model, odd.model);
+    assert_eq!(org, None);
+    test.finish().await;
+}
+
 #[tokio::test]
 async fn the_cassandra_sink_keeps_the_contract() {
     let Ok(nodes) = std::env::var("LEAKY_TEST_CASSANDRA") else {

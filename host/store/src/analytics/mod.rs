@@ -17,6 +17,7 @@ use crate::pg_array::{ints, texts};
 use crate::sql::Sql;
 use crate::{Backend, Pool, StoreError};
 
+mod copy;
 pub mod rollup;
 
 /// What a report covers.
@@ -98,13 +99,15 @@ pub trait AnalyticsSink: Send + Sync {
 pub struct SqlAnalytics {
     pool: Pool,
     readers: Pool,
+    /// The driver's own connections, for loading events with `COPY` (PostgreSQL only).
+    bulk: Option<sqlx::PgPool>,
     backend: Backend,
 }
 
 impl SqlAnalytics {
     /// A sink on this database.
     pub fn new(db: &crate::Database) -> Self {
-        Self { pool: db.pool().clone(), readers: db.readers().clone(), backend: db.backend() }
+        Self { pool: db.pool().clone(), readers: db.readers().clone(), bulk: db.bulk().cloned(), backend: db.backend() }
     }
 
     /// Rolls the hourly totals up from now on, every second on SQLite and every five seconds
@@ -198,21 +201,13 @@ fn sqlite_insert(events: &[Event]) -> Sql<'_> {
     insert
 }
 
-/// What an insert of events does with an event id already recorded.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Recorded {
-    /// Fails the whole insert: the plain insert, for batches of new events.
-    Fails,
-    /// Passes over it: the insert for a batch that holds some (a replay).
-    PassedOver,
-}
-
-/// The insert of `events` on PostgreSQL: one array per column ([`crate::pg_array`]), so the
-/// statement stays prepared whatever the batch. It takes
+/// The insert of `events` on PostgreSQL passing over the ids recorded before (for a batch that
+/// holds some: a replay): one array per column ([`crate::pg_array`]), so the statement stays
+/// prepared whatever the batch. It takes
 /// [`crate::advisory_locks::ANALYTICS_RECORD`] (held to its commit) before its rows draw their
 /// `seq`: the sort by position consumes every input row, and so the lock, before the first row
 /// is inserted.
-fn postgres_insert(events: &[Event], recorded: Recorded) -> Sql<'static> {
+fn postgres_insert_passing_over_recorded(events: &[Event]) -> Sql<'static> {
     let mut insert = Sql::new(Backend::Postgres, INSERT);
     insert
         .push(
@@ -233,11 +228,8 @@ fn postgres_insert(events: &[Event], recorded: Recorded) -> Sql<'static> {
         ])
         .push(
             " WITH ORDINALITY AS w(event_id, user_id, org_id, provider, model, tokens, outcome, occurred_at, n) \
-             ORDER BY w.n",
+             ORDER BY w.n ON CONFLICT (event_id) DO NOTHING",
         );
-    if recorded == Recorded::PassedOver {
-        insert.push(" ON CONFLICT (event_id) DO NOTHING");
-    }
     insert
 }
 
@@ -245,17 +237,17 @@ fn postgres_insert(events: &[Event], recorded: Recorded) -> Sql<'static> {
 ///
 /// A batch seldom holds an event recorded before (only a replay does: a relay that stopped
 /// before moving its cursor, a consumer group rebalanced before storing its offsets), so it is
-/// first inserted plainly, which costs PostgreSQL less than `ON CONFLICT`'s speculative
-/// insertion of every row; only when that fails on an id recorded before (writing nothing) is it
-/// inserted again passing over those ids.
-async fn record_on_postgres(pool: &Pool, events: &[Event]) -> Result<(), StoreError> {
-    match postgres_insert(events, Recorded::Fails).execute(pool).await {
+/// first loaded with `COPY` through `bulk` ([`copy`]), the cheapest way in, which fails as a
+/// whole on an id recorded before; only then is it inserted passing over those ids (`ON
+/// CONFLICT`, which costs PostgreSQL a speculative insertion of every row).
+async fn record_on_postgres(pool: &Pool, bulk: &sqlx::PgPool, events: &[Event]) -> Result<(), StoreError> {
+    match copy::load(bulk, events).await {
         Err(StoreError::Database(sqlx::Error::Database(err))) if err.is_unique_violation() => {
             metrics::counter!("leaky_analytics_replayed_writes_total").increment(1);
-            postgres_insert(events, Recorded::PassedOver).execute(pool).await?;
+            postgres_insert_passing_over_recorded(events).execute(pool).await?;
             Ok(())
         }
-        result => result.map(|_| ()),
+        result => result,
     }
 }
 
@@ -270,7 +262,12 @@ impl AnalyticsSink for SqlAnalytics {
             // batch up to [`EVENTS_PER_STATEMENT`] is one round trip to the database.
             for chunk in events.chunks(EVENTS_PER_STATEMENT) {
                 match self.backend {
-                    Backend::Postgres => record_on_postgres(&self.pool, chunk).await?,
+                    Backend::Postgres => {
+                        let bulk = self.bulk.as_ref().ok_or_else(|| {
+                            StoreError::Corrupt("a PostgreSQL database without its bulk connections".into())
+                        })?;
+                        record_on_postgres(&self.pool, bulk, chunk).await?;
+                    }
                     Backend::Sqlite => {
                         sqlite_insert(chunk).execute(&self.pool).await?;
                     }
