@@ -202,9 +202,19 @@ pub fn spawn_analytics_consumer(
             }
             // Recorded before their offsets are stored: a crash in between replays them, and the
             // sink's deduplication makes the replay change nothing.
-            while let Err(err) = sink.record(&events).await {
-                tracing::warn!(error = %err, "analytics consumer: recording failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            loop {
+                let started = std::time::Instant::now();
+                match sink.record(&events).await {
+                    Ok(()) => {
+                        metrics::histogram!("leaky_analytics_record_seconds").record(started.elapsed().as_secs_f64());
+                        break;
+                    }
+                    Err(err) => {
+                        metrics::counter!("leaky_analytics_record_failed_total").increment(1);
+                        tracing::warn!(error = %err, "analytics consumer: recording failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
             }
             metrics::counter!("leaky_analytics_consumed_total").increment(events.len() as u64);
             for message in &messages {

@@ -1,7 +1,8 @@
 //! The Kafka bus and the analytics consumer group against a real Kafka-protocol broker:
 //! delivery with event-id and traceparent headers, deduplication of a replayed topic, and the
 //! outbox relay cut off again and again mid-publish during 1,000 purchases without losing or
-//! double-counting an event (from a SQLite ledger and from a PostgreSQL one).
+//! double-counting an event (from a SQLite ledger and from a PostgreSQL one), and writes to the
+//! analytics store that fail, counted and tried again until they succeed.
 //!
 //! The broker is `LEAKY_TEST_KAFKA_BROKERS` (default `127.0.0.1:9092`; `cargo xtask test` starts
 //! one when nothing answers). Without a broker the tests fail, unless `LEAKY_TEST_KAFKA=absent`
@@ -12,14 +13,16 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::TestDb;
-use leaky_store::analytics::{AnalyticsSink, SqlAnalytics};
+use common::{Counters, TestDb};
+use leaky_store::analytics::{AnalyticsSink, Report, ReportQuery, SqlAnalytics};
+use leaky_store::bus::BoxFuture;
 use leaky_store::bus::EventBus;
 use leaky_store::events::{Event, Outcome};
 use leaky_store::kafka::{KafkaBus, KafkaConfig, spawn_analytics_consumer, traceparent};
-use leaky_store::{Database, outbox, purchases};
+use leaky_store::{Database, StoreError, outbox, purchases};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use uuid::Uuid;
@@ -169,5 +172,47 @@ async fn the_relay_cut_off_again_and_again_during_1000_purchases_delivers_each_e
     wait_for_count(&analytics_db, 1000).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(recorded(&analytics_db).await, 1000, "every committed purchase event, each once");
+    consumer.abort();
+}
+
+/// A sink whose first `failures` writes fail (an analytics store that is down), then writes
+/// through to `inner`.
+struct FailingAtFirst {
+    inner: Arc<dyn AnalyticsSink>,
+    failures: AtomicUsize,
+}
+
+impl AnalyticsSink for FailingAtFirst {
+    fn record<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), StoreError>> {
+        if self.failures.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_ok() {
+            return Box::pin(async { Err(StoreError::Analytics("the analytics store is down".into())) });
+        }
+        self.inner.record(events)
+    }
+
+    fn report<'a>(&'a self, query: &'a ReportQuery) -> BoxFuture<'a, Result<Report, StoreError>> {
+        self.inner.report(query)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_the_analytics_store_refuses_are_counted_and_tried_again_until_every_event_is_in() {
+    let counters = Counters::default();
+    metrics::set_global_recorder(counters.clone()).unwrap();
+    let Some(config) = config() else { return };
+    let (_dir, db, sink) = analytics().await;
+    let sink = Arc::new(FailingAtFirst { inner: sink, failures: AtomicUsize::new(3) });
+    let bus = KafkaBus::connect(config.clone()).await.unwrap();
+    let user = Uuid::now_v7();
+    let events: Vec<Event> = (1..=20).map(|n| event(user, n)).collect();
+    bus.publish(&events).await.unwrap();
+
+    let consumer = spawn_analytics_consumer(&config, &format!("g{}", Uuid::new_v4().simple()), sink.clone()).unwrap();
+    wait_for_count(&db, 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(recorded(&db).await, 20, "every event, each once");
+    assert_eq!(sink.failures.load(Ordering::Relaxed), 0, "the failing writes were made");
+    // Only this test's sink fails (under `cargo test` the other tests count in this process too).
+    assert_eq!(counters.get("leaky_analytics_record_failed_total"), 3);
     consumer.abort();
 }

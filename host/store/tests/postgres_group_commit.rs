@@ -6,53 +6,20 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{debit, user};
+use common::{Counters, debit, user};
 use leaky_store::commit_feed::CommitFeed;
 use leaky_store::events::{Event, Outcome};
 use leaky_store::ledger::{self, Arbiter, Committed, Debit, LedgerWriter, WRITEBACK_EVERY};
 use leaky_store::quotas::{self, OwnerType};
 use leaky_store::{Database, StoreError};
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use uuid::Uuid;
 
 /// Debits of a user whose quota row exists, queued in one batch with a first spend (no row yet,
 /// so decided under lock) whose ledger insert fails on an entry id used before.
 const FITTING: usize = 20;
-
-/// The counters the store increments (the writer counts on a thread of its own, so the
-/// recorder is the process's).
-#[derive(Clone, Default)]
-struct Counters(Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>);
-
-impl Counters {
-    fn get(&self, name: &str) -> u64 {
-        self.0.lock().unwrap().get(name).map_or(0, |count| count.load(Ordering::Relaxed))
-    }
-}
-
-impl Recorder for Counters {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let count = Arc::clone(self.0.lock().unwrap().entry(key.name().to_string()).or_default());
-        Counter::from_arc(count)
-    }
-
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
-}
 
 async fn outbox_events_of(db: &Database, user: Uuid) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE key = $1")

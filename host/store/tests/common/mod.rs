@@ -6,9 +6,14 @@
 //! tests fail, unless `LEAKY_TEST_POSTGRES=absent` declares it absent; then they say they skipped.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
 use leaky_store::events::{Event, Outcome};
 use leaky_store::ledger::Debit;
 use leaky_store::{Database, now_ms, users};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -132,5 +137,35 @@ pub fn debit(user: Uuid, org: Option<Uuid>, limit: i64) -> Debit {
             tokens: 1,
             occurred_at: now,
         },
+    }
+}
+
+/// The counters the store increments, for a test that installs it as the process's recorder
+/// (`metrics::set_global_recorder`; the store counts on threads of its own).
+#[derive(Clone, Default)]
+pub struct Counters(Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>);
+
+impl Counters {
+    pub fn get(&self, name: &str) -> u64 {
+        self.0.lock().unwrap().get(name).map_or(0, |count| count.load(Ordering::Relaxed))
+    }
+}
+
+impl Recorder for Counters {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        let count = Arc::clone(self.0.lock().unwrap().entry(key.name().to_string()).or_default());
+        Counter::from_arc(count)
+    }
+
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
     }
 }
