@@ -215,7 +215,18 @@ pub async fn begin(pool: &Pool) -> Result<sqlx::Transaction<'static, sqlx::Any>,
             _ => pool.begin().await,
         }
     };
-    match tokio::spawn(begin).await {
+    run_detached(begin).await
+}
+
+/// Runs `work` on a task of its own to its end, whether or not the caller still waits for it,
+/// so a caller that gives up half-way cannot leave a statement or a transaction half-done on a
+/// pooled connection; a panic in it is the caller's again.
+pub(crate) async fn run_detached<T, F>(work: F) -> Result<T, sqlx::Error>
+where
+    F: std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::spawn(work).await {
         Ok(result) => result,
         Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
         Err(_) => Err(sqlx::Error::WorkerCrashed),

@@ -16,8 +16,8 @@ const COPY: &str = "COPY analytics_events (event_id, user_id, org_id, provider, 
 /// [`crate::advisory_locks::ANALYTICS_RECORD`] (held to its commit), so every row draws its
 /// `seq` under the lock, as every insert of events does.
 ///
-/// It runs on a task of its own: a caller that gives up half-way cannot leave a load or a
-/// transaction open on a pooled connection. An event id recorded before fails the whole load
+/// It runs on a task of its own ([`crate::database::run_detached`]): a caller that gives up
+/// half-way cannot leave a load or a transaction open on a pooled connection. An event id recorded before fails the whole load
 /// with a unique violation, and nothing is written.
 pub(super) async fn load(bulk: &sqlx::PgPool, events: &[Event]) -> Result<(), StoreError> {
     let rows = rows(events);
@@ -33,11 +33,7 @@ pub(super) async fn load(bulk: &sqlx::PgPool, events: &[Event]) -> Result<(), St
         copy.finish().await?;
         tx.commit().await
     };
-    match tokio::spawn(load).await {
-        Ok(result) => Ok(result?),
-        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-        Err(_) => Err(StoreError::Database(sqlx::Error::WorkerCrashed)),
-    }
+    Ok(crate::database::run_detached(load).await?)
 }
 
 /// `events` in `COPY`'s text format: a line an event, columns separated by tabs.
