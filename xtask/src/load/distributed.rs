@@ -81,17 +81,7 @@ fn start_broker() -> Result<Child> {
     if services::answers(BROKER_PORT) {
         bail!("something already listens on 127.0.0.1:{BROKER_PORT}, the port of the benchmark's broker");
     }
-    let (tansu, _) = services::tansu()?;
-    let listener = format!("tcp://127.0.0.1:{BROKER_PORT}");
-    let broker = Command::new(&tansu)
-        .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", tansu.display()))?;
-    services::wait_for("the benchmark's broker", BROKER_PORT)?;
+    let broker = services::start_tansu(BROKER_PORT, Stdio::null(), Stdio::null())?;
     Ok(broker)
 }
 
