@@ -280,7 +280,7 @@ async fn two_replicas_enforce_one_quota_and_one_rate_limit() {
         assert!(counted < QUOTA as i64, "{counted} events counted for {QUOTA} grants");
         if Instant::now() >= deadline {
             let unrelayed: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM outbox WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1)",
+                "SELECT COALESCE(SUM(events), 0) FROM outbox WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1)",
             )
             .fetch_one(&mut db)
             .await

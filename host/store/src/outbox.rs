@@ -11,6 +11,10 @@
 //! On SQLite the relay publishes what the ledger writer hands it after a commit
 //! ([`CommitFeed`]) when that continues exactly where its cursor stands, and reads the outbox
 //! otherwise; either way the cursor moves the same way.
+//!
+//! A row holds one event, or (on PostgreSQL, where a group commit writes its events together)
+//! `events` of them packed ([`packed`]); the relay, the count of pending events and the pruner
+//! count events, not rows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +26,10 @@ use crate::commit_feed::CommitFeed;
 use crate::events::Event;
 use crate::{Backend, Database, Pool, StoreError, now_ms};
 
-/// Events relayed per round.
+pub(crate) mod packed;
+
+/// Events relayed per round: the rows after the cursor up to the first that reaches this many
+/// (at least one row, however many events it packs).
 const BATCH: i64 = 1000;
 
 /// Publishes one batch of unpublished events; returns how many.
@@ -60,34 +67,61 @@ async fn unpublished<'c, E>(conn: E, lock: Option<i64>) -> Result<(Vec<StoredEve
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
+    // The next rows (at most a batch of them), then of those the rows before the one that
+    // reaches a batch of events, and that one. An uncorrelated scalar subquery (the lock) runs
+    // once per execution, not once per row.
     let query = match lock {
-        // An uncorrelated scalar subquery runs once per execution, not once per row.
         Some(lock) => sqlx::query(
-            "SELECT seq, event_id, topic, key, payload FROM outbox WHERE (SELECT pg_try_advisory_xact_lock($2)) \
-             AND seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1) ORDER BY seq LIMIT $1",
+            "SELECT seq, events, event_id, topic, key, payload FROM (SELECT next.*, \
+             SUM(events) OVER (ORDER BY seq) - events AS before FROM (SELECT seq, CAST(events AS BIGINT) AS events, \
+             event_id, topic, key, payload FROM outbox WHERE (SELECT pg_try_advisory_xact_lock($2)) \
+             AND seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1) ORDER BY seq LIMIT $1) AS next) AS counted \
+             WHERE before < $1 ORDER BY seq",
         )
         .bind(BATCH)
         .bind(lock),
         None => sqlx::query(
-            "SELECT seq, event_id, topic, key, payload FROM outbox \
-             WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1) ORDER BY seq LIMIT $1",
+            "SELECT seq, events, event_id, topic, key, payload FROM (SELECT next.*, \
+             SUM(events) OVER (ORDER BY seq) - events AS before FROM (SELECT seq, CAST(events AS BIGINT) AS events, \
+             event_id, topic, key, payload FROM outbox \
+             WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1) ORDER BY seq LIMIT $1) AS next) AS counted \
+             WHERE before < $1 ORDER BY seq",
         )
         .bind(BATCH),
     };
-    let rows = query.fetch_all(conn).await?;
+    read_rows(&query.fetch_all(conn).await?)
+}
+
+/// The events of outbox `rows` (`seq`, `events`, `event_id`, `topic`, `key`, `payload`), in
+/// order, and the `seq` of the last row (0 for none).
+fn read_rows(rows: &[sqlx::any::AnyRow]) -> Result<(Vec<StoredEvent>, i64), StoreError> {
     let mut events = Vec::with_capacity(rows.len());
     let mut last_seq = 0i64;
-    for row in &rows {
+    for row in rows {
         last_seq = row.try_get("seq")?;
-        let id: String = row.try_get("event_id")?;
-        events.push(StoredEvent {
-            id: id.parse().map_err(|e| StoreError::Corrupt(format!("outbox event id {id:?}: {e}")))?,
-            topic: row.try_get("topic")?,
-            key: row.try_get("key")?,
-            payload: row.try_get("payload")?,
-        });
+        let payload: String = row.try_get("payload")?;
+        match row.try_get::<Option<String>, _>("event_id")? {
+            Some(id) => events.push(StoredEvent {
+                id: id.parse().map_err(|e| StoreError::Corrupt(format!("outbox event id {id:?}: {e}")))?,
+                topic: row.try_get("topic")?,
+                key: row.try_get("key")?,
+                payload,
+            }),
+            None => packed::unpack(&payload, row.try_get::<i64, _>("events")?, &mut events)?,
+        }
     }
     Ok((events, last_seq))
+}
+
+/// Every event the outbox holds, published or not, in the order it is relayed (for inspection
+/// and tests).
+pub async fn stored(pool: &Pool) -> Result<Vec<StoredEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT seq, CAST(events AS BIGINT) AS events, event_id, topic, key, payload FROM outbox ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(read_rows(&rows)?.0)
 }
 
 /// One round of the spawned relay. On SQLite only this process moves the cursor, so the relay
@@ -207,26 +241,26 @@ pub fn spawn_pruner(db: Database, keep_published: Duration, every: Duration) -> 
 }
 
 /// Deletes the published events written before `before` (ms since the epoch), from the oldest
-/// on, a few thousand per statement; returns how many. Events after the relay's cursor are
-/// never deleted.
+/// on, a few thousand rows per statement; returns how many events. Events after the relay's
+/// cursor are never deleted.
 pub async fn prune(pool: &Pool, before: i64) -> Result<u64, StoreError> {
     let mut deleted = 0;
     loop {
-        let done = sqlx::query(
+        let rows: Vec<i64> = sqlx::query_scalar(
             // Of the oldest published rows, those written before `before`: each statement reads
             // at most one batch of rows from the start of the index, however many are kept.
             "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox \
              WHERE seq <= (SELECT last_seq FROM outbox_cursor WHERE id = 1) ORDER BY seq LIMIT $2) \
-             AND created_at < $1",
+             AND created_at < $1 RETURNING CAST(events AS BIGINT)",
         )
         .bind(before)
         .bind(PRUNE_BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        deleted += done;
-        metrics::counter!("leaky_outbox_pruned_total").increment(done);
-        if done < u64::try_from(PRUNE_BATCH).unwrap_or(u64::MAX) {
+        .fetch_all(pool)
+        .await?;
+        let events = rows.iter().map(|&n| u64::try_from(n).unwrap_or(0)).sum::<u64>();
+        deleted += events;
+        metrics::counter!("leaky_outbox_pruned_total").increment(events);
+        if i64::try_from(rows.len()).unwrap_or(i64::MAX) < PRUNE_BATCH {
             return Ok(deleted);
         }
         tokio::task::yield_now().await;
@@ -235,7 +269,10 @@ pub async fn prune(pool: &Pool, before: i64) -> Result<u64, StoreError> {
 
 /// Events not yet published (for readiness and tests).
 pub async fn pending(pool: &Pool) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1)")
-        .fetch_one(pool)
-        .await?)
+    Ok(sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(events), 0) AS BIGINT) FROM outbox \
+         WHERE seq > (SELECT last_seq FROM outbox_cursor WHERE id = 1)",
+    )
+    .fetch_one(pool)
+    .await?)
 }

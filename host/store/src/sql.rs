@@ -54,6 +54,19 @@ impl<'q> Sql<'q> {
         self
     }
 
+    /// The number of the last placeholder bound, to refer to its value again ([`Self::again`]).
+    pub(crate) fn bound(&self) -> usize {
+        self.count
+    }
+
+    /// Appends a placeholder for the value bound as number `n` (PostgreSQL only: its `$N` can be
+    /// named twice, so a value the statement reads in two places is sent once).
+    pub(crate) fn again(&mut self, n: usize) -> &mut Self {
+        debug_assert!(self.backend == Backend::Postgres && (1..=self.count).contains(&n));
+        let _ = write!(self.text, "${n}");
+        self
+    }
+
     /// Appends `VALUES (...), (...)`, one tuple per item; `row` binds an item's values.
     pub fn values<I>(&mut self, items: I, mut row: impl FnMut(&mut Tuple<'_, 'q>, I::Item)) -> &mut Self
     where

@@ -10,23 +10,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Counters, debit, user};
+use leaky_store::bus::StoredEvent;
 use leaky_store::commit_feed::CommitFeed;
 use leaky_store::events::{Event, Outcome};
 use leaky_store::ledger::{self, Arbiter, Committed, Debit, LedgerWriter, WRITEBACK_EVERY};
 use leaky_store::quotas::{self, OwnerType};
-use leaky_store::{Database, StoreError};
+use leaky_store::{Database, StoreError, outbox};
 use uuid::Uuid;
 
 /// Debits of a user whose quota row exists, queued in one batch with a first spend (no row yet,
 /// so decided under lock) whose ledger insert fails on an entry id used before.
 const FITTING: usize = 20;
 
-async fn outbox_events_of(db: &Database, user: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE key = $1")
-        .bind(user.to_string())
-        .fetch_one(db.pool())
-        .await
-        .unwrap()
+/// The outbox's events keyed by `user`, in order.
+async fn outbox_events_of(db: &Database, user: Uuid) -> Vec<StoredEvent> {
+    let key = user.to_string();
+    outbox::stored(db.pool()).await.unwrap().into_iter().filter(|e| e.key == key).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,18 +91,14 @@ async fn on_postgres_a_failure_under_lock_fails_only_the_debits_decided_there() 
     let stored = quotas::get(&t.db, OwnerType::User, fitting, "openai").await.unwrap().unwrap();
     assert_eq!(stored.used, 1 + FITTING as i64);
     assert_eq!(ledger::consumed(t.db.pool(), fitting, "openai").await.unwrap(), 1 + FITTING as i64);
-    assert_eq!(outbox_events_of(&t.db, fitting).await, 1 + FITTING as i64);
+    assert_eq!(outbox_events_of(&t.db, fitting).await.len(), 1 + FITTING);
     assert!(
         quotas::get(&t.db, OwnerType::User, first, "openai").await.unwrap().is_none(),
         "no row of the failed spend"
     );
     assert_eq!(ledger::consumed(t.db.pool(), first, "openai").await.unwrap(), 0);
-    assert_eq!(outbox_events_of(&t.db, first).await, 0);
-    let refusal: String = sqlx::query_scalar("SELECT payload FROM outbox WHERE key = $1")
-        .bind(refused_user.to_string())
-        .fetch_one(t.db.pool())
-        .await
-        .unwrap();
+    assert!(outbox_events_of(&t.db, first).await.is_empty());
+    let refusal = outbox_events_of(&t.db, refused_user).await.remove(0).payload;
     assert!(refusal.contains(&refused.id.to_string()) && refusal.contains("rate_limited"), "{refusal}");
 
     // The next first spend of that user goes through.

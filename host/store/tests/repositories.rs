@@ -524,13 +524,7 @@ async fn the_running_relay_publishes_handed_over_and_interleaved_events_in_order
             first_seen.push(*id);
         }
     }
-    let in_seq_order: Vec<Uuid> = sqlx::query_scalar::<_, String>("SELECT event_id FROM outbox ORDER BY seq")
-        .fetch_all(t.db.pool())
-        .await
-        .unwrap()
-        .iter()
-        .map(|id| id.parse().unwrap())
-        .collect();
+    let in_seq_order: Vec<Uuid> = outbox::stored(t.db.pool()).await.unwrap().iter().map(|e| e.id).collect();
     assert_eq!(first_seen, in_seq_order, "published in the order committed");
     if sqlite {
         assert!(feed.taken() > 0, "no batch was handed over");
@@ -548,21 +542,20 @@ async fn a_commit_that_fails_part_way_writes_nothing_and_the_next_one_commits(t:
     let first = debit(owner, None, 1_000);
     writer.debit(first.clone()).await.unwrap();
     let stored = || async { quotas::get(&t.db, OwnerType::User, owner, "openai").await.unwrap().unwrap().used };
-    let outbox_rows =
-        || async { sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox").fetch_one(t.db.pool()).await.unwrap() };
-    let (used, events) = (stored().await, outbox_rows().await);
+    let outbox_events = || async { outbox::stored(t.db.pool()).await.unwrap().len() };
+    let (used, events) = (stored().await, outbox_events().await);
     assert_eq!(used, 1);
 
     let again = Debit { event: debit(owner, None, 1_000).event, ..first };
     let refused = writer.debit(again).await;
     assert!(matches!(refused, Err(StoreError::CommitFailed(_))), "{refused:?}");
     assert_eq!(stored().await, used, "the counter is as before");
-    assert_eq!(outbox_rows().await, events, "no event of the failed commit");
+    assert_eq!(outbox_events().await, events, "no event of the failed commit");
     assert_eq!(leaky_store::ledger::consumed(t.db.pool(), owner, "openai").await.unwrap(), 1);
 
     writer.debit(debit(owner, None, 1_000)).await.unwrap();
     assert_eq!(stored().await, 2, "the next commit goes through");
-    assert_eq!(outbox_rows().await, events + 1);
+    assert_eq!(outbox_events().await, events + 1);
 }
 
 /// Text of every kind a batch carries (quotes, backslashes, commas, braces, the word NULL,
@@ -601,12 +594,9 @@ async fn text_a_batch_carries_is_stored_as_it_was_given(t: &TestDb) {
         let quota = quotas::get(&t.db, OwnerType::User, owner, awkward).await.unwrap().unwrap();
         assert_eq!(quota.used, 4);
         for d in &debits {
-            let payload: String = sqlx::query_scalar("SELECT payload FROM outbox WHERE event_id = $1")
-                .bind(d.event.id.to_string())
-                .fetch_one(t.db.pool())
-                .await
-                .unwrap();
-            let stored: Event = serde_json::from_str(&payload).unwrap();
+            let in_outbox = outbox::stored(t.db.pool()).await.unwrap();
+            let payload = &in_outbox.iter().find(|e| e.id == d.event.id).expect("the debit's event").payload;
+            let stored: Event = serde_json::from_str(payload).unwrap();
             assert_eq!((stored.provider.as_str(), stored.model.as_deref()), (awkward, d.event.model.as_deref()));
         }
     }
@@ -618,8 +608,7 @@ async fn published_events_past_their_keeping_time_are_pruned_and_the_rest_kept(t
     let owner = user(&t.db, "pruned").await;
     let writer =
         LedgerWriter::start(&t.db, Arbiter::Database, WRITEBACK_EVERY, Arc::new(CommitFeed::new())).await.unwrap();
-    let outbox_rows =
-        || async { sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox").fetch_one(t.db.pool()).await.unwrap() };
+    let outbox_events = || async { outbox::stored(t.db.pool()).await.unwrap().len() };
     for _ in 0..12 {
         writer.debit(debit(owner, None, 1_000)).await.unwrap();
     }
@@ -629,19 +618,19 @@ async fn published_events_past_their_keeping_time_are_pruned_and_the_rest_kept(t
     for _ in 0..3 {
         writer.debit(debit(owner, None, 1_000)).await.unwrap();
     }
-    assert_eq!((outbox_rows().await, outbox::pending(t.db.pool()).await.unwrap()), (15, 3));
+    assert_eq!((outbox_events().await, outbox::pending(t.db.pool()).await.unwrap()), (15, 3));
 
     assert_eq!(outbox::prune(t.db.pool(), 0).await.unwrap(), 0, "none is older than the epoch");
-    assert_eq!(outbox_rows().await, 15);
+    assert_eq!(outbox_events().await, 15);
     assert_eq!(outbox::prune(t.db.pool(), now_ms() + 1).await.unwrap(), 12, "every published one");
-    assert_eq!((outbox_rows().await, outbox::pending(t.db.pool()).await.unwrap()), (3, 3), "unpublished ones stay");
+    assert_eq!((outbox_events().await, outbox::pending(t.db.pool()).await.unwrap()), (3, 3), "unpublished ones stay");
     while outbox::relay_once(&t.db, &bus).await.unwrap() > 0 {}
     assert_eq!(bus.0.lock().unwrap().len(), 15, "and are published after the prune");
 
     // The running pruner, keeping nothing, empties the published outbox by itself.
     let pruner = outbox::spawn_pruner(t.db.clone(), std::time::Duration::ZERO, std::time::Duration::from_millis(20));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while outbox_rows().await > 0 {
+    while outbox_events().await > 0 {
         assert!(std::time::Instant::now() < deadline, "the pruner did not prune");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -663,7 +652,7 @@ async fn published_events_past_their_keeping_time_are_pruned_and_the_rest_kept(t
         .unwrap();
     let (a, b) = tokio::join!(outbox::prune(t.db.pool(), 1), outbox::prune(t.db.pool(), 1));
     assert_eq!(a.unwrap() + b.unwrap(), 12_000);
-    assert_eq!(outbox_rows().await, 0);
+    assert_eq!(outbox_events().await, 0);
 }
 
 async fn the_sql_sink_counts_each_event_once(t: &TestDb) {

@@ -14,6 +14,7 @@ use super::writes::Writes;
 use super::{Debit, QuotaRow};
 use crate::StoreError;
 use crate::events::Event;
+use crate::outbox::packed;
 use crate::pg_array::{ints, texts};
 use crate::quotas::Period;
 use crate::sql::Sql;
@@ -51,9 +52,14 @@ pub(super) fn lock_rows(keys: &[QuotaKey]) -> Sql<'static> {
 /// The statement that commits, on its own (one round trip, a transaction of its own), the
 /// debits of every `(user, provider, total)` of `spends` whose whole total fits: it adds the
 /// total to that user's quota row in one conditional update ([`push_spend_fitting`]), inserts
-/// the ledger row of each debit of `debits` the update spent, and writes to the outbox, in
-/// `outbox`'s order, each event of a debit the update spent and each event of no debit (`None`).
-/// It answers the quota rows it changed, as changed.
+/// the ledger row of each debit of `debits` the update spent, and writes to the outbox, as one
+/// packed row in `outbox`'s order ([`crate::outbox::packed`]), each event of a debit the update
+/// spent and each event of no debit (`None`). It answers the quota rows it changed, as changed.
+///
+/// `debits` are the debits of `outbox`, in the same order. The lines of every event go as one
+/// text parameter. Where the update spent every total (a steady state) that is the row as it
+/// is; otherwise the statement keeps only the lines of the events it spent, each found by its
+/// debit's position.
 pub(super) fn commit_fitting(
     spends: &[(Uuid, &str, i64)],
     debits: &[&Debit],
@@ -61,6 +67,21 @@ pub(super) fn commit_fitting(
     lock: i64,
     now: i64,
 ) -> Sql<'static> {
+    let mut lines = String::new();
+    // Each line's debit, by its position in `debits` from 1 (0: an event of no debit).
+    let mut debit_of_line = Vec::with_capacity(outbox.len());
+    let mut debits_seen = 0;
+    for (event, payload, debit) in outbox {
+        packed::push_line(&mut lines, event, payload);
+        debit_of_line.push(match debit {
+            Some(debit) => {
+                debits_seen += 1;
+                debug_assert!(std::ptr::eq(*debit, debits[debits_seen - 1]), "the outbox's debits are not in order");
+                i64::try_from(debits_seen).unwrap_or(i64::MAX)
+            }
+            None => 0,
+        });
+    }
     let mut sql = Sql::new(crate::Backend::Postgres, "WITH spent AS (");
     push_spend_fitting(&mut sql, spends, now);
     // A row the update changed is its user's whole spend for that provider: every debit of the
@@ -71,8 +92,10 @@ pub(super) fn commit_fitting(
          SELECT w.entry_id, 'consume', w.user_id, NULL, w.provider, w.tokens, w.request_id, ",
     )
     .bind(now)
-    .push(" FROM ")
-    .unnest([
+    .push(" FROM ");
+    // The debits' users and providers are read again for the outbox's lines.
+    let (users, providers) = (sql.bound() + 2, sql.bound() + 3);
+    sql.unnest([
         texts(debits.iter().map(|d| Some(d.entry_id))),
         texts(debits.iter().map(|d| Some(d.user_id))),
         texts(debits.iter().map(|d| Some(&d.provider))),
@@ -81,24 +104,39 @@ pub(super) fn commit_fitting(
     ])
     .push(" WITH ORDINALITY AS w(entry_id, user_id, provider, tokens, request_id, n) WHERE ")
     .push(SPENT)
-    .push(" ORDER BY w.n), events AS (INSERT INTO outbox (event_id, topic, key, payload, created_at) SELECT w.event_id, w.topic, w.key, w.payload, ")
+    .push(" ORDER BY w.n), events AS (INSERT INTO outbox (events, payload, created_at) SELECT p.events, p.lines, ")
     .bind(now)
-    // The lock is taken before the first row draws its `seq`, and held to the commit.
+    // The lock is taken before the row draws its `seq`, and held to the commit.
     .push(" FROM (SELECT pg_advisory_xact_lock(")
     .bind(lock)
-    .push(")) AS held, ")
-    .unnest([
-        texts(outbox.iter().map(|(e, _, _)| Some(e.id))),
-        texts(outbox.iter().map(|(e, _, _)| Some(e.topic()))),
-        texts(outbox.iter().map(|(e, _, _)| Some(e.user_id))),
-        texts(outbox.iter().map(|(_, payload, _)| Some(payload))),
-        texts(outbox.iter().map(|(_, _, d)| d.map(|d| d.user_id))),
-        texts(outbox.iter().map(|(_, _, d)| d.map(|d| &d.provider))),
-    ])
-    .push(" WITH ORDINALITY AS w(event_id, topic, key, payload, user_id, provider, n) WHERE w.user_id IS NULL OR ")
+    .push(")) AS held, (SELECT ")
+    .bind(i64::try_from(outbox.len()).unwrap_or(i64::MAX))
+    .push("::integer AS events, ");
+    let (every_event, all_lines) = (sql.bound(), sql.bound() + 1);
+    sql.bind(lines).push("::text AS lines WHERE ");
+    sql.again(every_event).push("::integer > 0 AND (SELECT count(*) FROM spent) = ");
+    sql.bind(i64::try_from(spends.len()).unwrap_or(i64::MAX)).push("::bigint");
+    let every_spend = sql.bound();
+    sql.push(
+        " UNION ALL SELECT count(*)::integer, string_agg(l.line, E'\\n' ORDER BY l.n) \
+         FROM string_to_table(",
+    )
+    .again(all_lines)
+    .push(", E'\\n') WITH ORDINALITY AS l(line, n) JOIN unnest(")
+    .array(ints(debit_of_line))
+    .push(") WITH ORDINALITY AS o(debit, n) USING (n) LEFT JOIN unnest(")
+    .again(users)
+    .push("::text[], ")
+    .again(providers)
+    .push(
+        "::text[]) WITH ORDINALITY AS w(user_id, provider, debit) ON w.debit = o.debit \
+         WHERE (SELECT count(*) FROM spent) <> ",
+    )
+    .again(every_spend)
+    .push(" AND (o.debit = 0 OR ")
     .push(SPENT)
     .push(
-        " ORDER BY w.n) \
+        ") HAVING count(*) > 0) AS p) \
          SELECT owner_id, provider, quota_limit, used, period, period_start FROM spent",
     );
     sql
