@@ -9,9 +9,10 @@
 -- Rows an event (purchases, sagas, the debits decided under lock) keep their shape, with
 -- `events` 1; a packed row has no event id, topic or key of its own.
 --
--- The relay of an earlier build cannot read a packed row (it fails and tries again, while the
--- relays of this build publish it): stop replicas of an earlier build before migrating, as a
--- rolling upgrade does.
+-- The relay of an earlier build cannot read a packed row: stop replicas of an earlier build
+-- before starting this build's on the migrated database. Beside them nothing is lost (the
+-- relays take turns, and this build's publish the packed rows), but each round an earlier
+-- relay takes fails and is logged.
 ALTER TABLE outbox ADD COLUMN events INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE outbox
     ALTER COLUMN event_id DROP NOT NULL,
