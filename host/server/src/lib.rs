@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod cli;
+mod coalesce;
 pub mod error;
 pub mod extract;
 mod middleware;

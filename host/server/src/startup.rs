@@ -15,6 +15,7 @@ use leaky_store::{Backend, Database};
 use tokio::net::TcpListener;
 
 use crate::auth::{JwtKeys, hash_password, load_or_generate_jwt_secret};
+use crate::coalesce::CoalescingListener;
 use crate::services::accounts::{Accounts, BookLimits};
 use crate::services::api_keys::ApiKeys;
 use crate::services::consume::ConsumeService;
@@ -140,7 +141,7 @@ impl Application {
     /// Serves until Ctrl-C or SIGTERM, then finishes in-flight requests.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "leaky-tokens listening");
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown_signal()).await?;
+        axum::serve(CoalescingListener(self.listener), self.router).with_graceful_shutdown(shutdown_signal()).await?;
         Ok(())
     }
 }
