@@ -10,6 +10,8 @@
 //! driver sends the lines as one text parameter, where a row an event needed each column as an
 //! array literal that both sides had to escape and parse.
 
+use std::fmt::Write as _;
+
 use crate::StoreError;
 use crate::bus::StoredEvent;
 use crate::events::Event;
@@ -25,12 +27,9 @@ pub(crate) fn push_line(lines: &mut String, event: &Event, payload: &str) {
         lines.push(LINE);
     }
     let start = lines.len();
-    lines.push_str(&event.id.to_string());
-    lines.push(FIELD);
-    lines.push_str(event.topic());
-    lines.push(FIELD);
-    lines.push_str(&event.user_id.to_string());
-    lines.push(FIELD);
+    // Written in place, with no string of its own for either id (writing to a `String` cannot
+    // fail).
+    let _ = write!(lines, "{}{FIELD}{}{FIELD}{}{FIELD}", event.id, event.topic(), event.user_id);
     lines.push_str(payload);
     debug_assert!(!lines[start..].contains(LINE), "a payload held a newline");
 }
