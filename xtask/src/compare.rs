@@ -42,9 +42,10 @@ pub fn compare(root: &Path, target_dir: &Path, load: &Load, first: &Path, second
 /// One figure of a run, by name.
 type Figure = (&'static str, fn(&Measured) -> Option<f64>);
 
-const FIGURES: [Figure; 4] = [
+const FIGURES: [Figure; 5] = [
     ("req/s", |m| Some(m.requests_per_second)),
     ("server us/request", |m| m.server_us),
+    ("postgres us/request", |m| m.postgres_us),
     ("machine us/request", |m| m.machine_us),
     ("bytes written/request", |m| m.written_bytes),
 ];

@@ -65,6 +65,8 @@ pub struct Measured {
     pub server_us: Option<f64>,
     pub written_bytes: Option<f64>,
     pub machine_us: Option<f64>,
+    /// The CPU the PostgreSQL processes used per request, us (when any ran).
+    pub postgres_us: Option<f64>,
 }
 
 /// Whether the environment points the servers at PostgreSQL, the database replicas share (and
@@ -232,6 +234,7 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
         server_us: None,
         written_bytes: None,
         machine_us: None,
+        postgres_us: None,
     };
     println!("requests:   {}", latencies.len());
     println!("throughput: {:.0} req/s", measured.requests_per_second);
@@ -271,6 +274,7 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
         let shares: Vec<String> = commands.iter().map(|(name, used)| format!("{name} {:.2}", used / seconds)).collect();
         let machine_us = busy * 1e6 / total;
         measured.machine_us = Some(machine_us);
+        measured.postgres_us = commands.iter().find(|(name, _)| name == "postgres").map(|(_, used)| used * 1e6 / total);
         println!(
             "machine:    {:.2} of {cores} cores busy, {machine_us:.1} us of CPU per request; cores by command: {}",
             busy / seconds,
