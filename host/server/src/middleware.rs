@@ -13,7 +13,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::request_metrics::{self, RequestDurations};
+use crate::request_metrics::RequestDurations;
 use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -24,7 +24,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// (`Router::layer` puts a layer on each route, boxed, so every layer there costs each request
 /// a boxed clone and a boxed future). The others wrap the whole router once, in one service
 /// that the outer router's fallback holds; a request passes them in the same order as before,
-/// the request id first.
+/// the request id first. None of them boxes a request's future (axum's `from_fn` and
+/// `map_response` did, with a clone of the service they wrap): each holds the one inside it.
 pub fn wrap(router: Router<AppState>, state: AppState) -> Router {
     let settings = &state.settings.server;
     let layers = ServiceBuilder::new()
@@ -34,21 +35,19 @@ pub fn wrap(router: Router<AppState>, state: AppState) -> Router {
             let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
-        .layer(axum::middleware::map_response(json_errors))
+        .map_response(json_errors)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(settings.request_timeout_ms),
         ))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes));
-    let durations = RequestDurations::default();
-    let routes =
-        router.layer(axum::middleware::from_fn_with_state(durations, request_metrics::record)).with_state(state);
+    let routes = router.layer(RequestDurations::default()).with_state(state);
     Router::new().fallback_service(layers.service(routes))
 }
 
 /// Gives a JSON error body to error answers that have none (the timeout layer's 503), so every
 /// error a client sees has the API's `{"error": {code, message}}` shape.
-async fn json_errors(response: Response) -> Response {
+fn json_errors(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) || response.headers().contains_key(CONTENT_TYPE) {
         return response;

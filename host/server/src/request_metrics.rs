@@ -6,17 +6,20 @@
 //! them and looks them up in its registry; per request that was about a percent of the server's
 //! CPU under load. [`RequestDurations`] asks once per method, route, status and version and
 //! keeps the handle: a request then costs one read lock, a string comparison and the record
-//! itself.
+//! itself. [`RequestDurations`] is also the layer that records them ([`Recorded`]).
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, StatusCode, Version};
-use axum::middleware::Next;
+use axum::extract::MatchedPath;
+use axum::http::{Method, Request, StatusCode, Version};
 use axum::response::Response;
 use metrics::Histogram;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 
 /// The histogram name.
 const NAME: &str = "http_server_request_duration_seconds";
@@ -74,15 +77,74 @@ fn protocol_version(version: Version) -> &'static str {
     }
 }
 
-/// The layer's function: times the request and records it under its labels.
-pub async fn record(State(durations): State<RequestDurations>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let (method, version) = (req.method().clone(), req.version());
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(req).await;
-    let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-    durations.histogram(&method, route, response.status(), version).record(started.elapsed().as_secs_f64());
-    response
+impl<S> Layer<S> for RequestDurations {
+    type Service = Recorded<S>;
+
+    fn layer(&self, inner: S) -> Recorded<S> {
+        Recorded { inner, durations: self.clone() }
+    }
+}
+
+/// A service whose requests are timed and recorded under their labels. On the routes
+/// (`Router::layer`), so the route a request matched is known; its future holds the inner one
+/// in place, where `axum::middleware::from_fn` boxed a clone of the route and the future for
+/// every request.
+#[derive(Clone)]
+pub struct Recorded<S> {
+    inner: S,
+    durations: RequestDurations,
+}
+
+impl<S, B> Service<Request<B>> for Recorded<S>
+where
+    S: Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Recording<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let (method, version) = (req.method().clone(), req.version());
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        Recording { inner: self.inner.call(req), durations: self.durations.clone(), method, version, route, started }
+    }
+}
+
+pin_project! {
+    /// A request's future, which records its duration when the answer is ready.
+    pub struct Recording<F> {
+        #[pin]
+        inner: F,
+        durations: RequestDurations,
+        method: Method,
+        version: Version,
+        route: Option<MatchedPath>,
+        started: Instant,
+    }
+}
+
+impl<F, E> Future for Recording<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = ready!(this.inner.poll(cx));
+        if let Ok(response) = &answer {
+            let route = this.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+            this.durations
+                .histogram(this.method, route, response.status(), *this.version)
+                .record(this.started.elapsed().as_secs_f64());
+        }
+        Poll::Ready(answer)
+    }
 }
 
 #[cfg(test)]
@@ -104,5 +166,25 @@ mod tests {
         assert_eq!(by_route.len(), 2);
         assert_eq!(by_route[consume].len(), 4);
         assert_eq!(by_route[UNMATCHED].len(), 1);
+    }
+
+    #[tokio::test]
+    async fn each_answer_is_recorded_under_the_route_it_matched_or_as_unmatched() {
+        use axum::Router;
+        use axum::body::Body;
+        use axum::routing::get;
+        use tower::ServiceExt as _;
+
+        let durations = RequestDurations::default();
+        let app = Router::new().route("/things/{id}", get(|| async { StatusCode::ACCEPTED })).layer(durations.clone());
+        for uri in ["/things/1", "/things/2", "/nowhere"] {
+            app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+        }
+        let by_route = durations.by_route.read().unwrap();
+        let recorded = |route: &str| -> Vec<(Method, StatusCode, Version)> {
+            by_route[route].iter().map(|(m, s, v, _)| (m.clone(), *s, *v)).collect()
+        };
+        assert_eq!(recorded("/things/{id}"), [(Method::GET, StatusCode::ACCEPTED, Version::HTTP_11)]);
+        assert_eq!(recorded(UNMATCHED), [(Method::GET, StatusCode::NOT_FOUND, Version::HTTP_11)]);
     }
 }
