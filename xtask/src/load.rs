@@ -65,7 +65,8 @@ pub struct Measured {
     pub server_us: Option<f64>,
     pub written_bytes: Option<f64>,
     pub machine_us: Option<f64>,
-    /// The CPU the PostgreSQL processes used per request, us (when any ran).
+    /// The CPU the PostgreSQL processes used per request, us (when they used at least the share
+    /// of a core the machine line lists a command from).
     pub postgres_us: Option<f64>,
 }
 
