@@ -12,7 +12,8 @@
 //! per second, the status counts and latency percentiles, and what the servers used per request
 //! (CPU time and bytes written to storage, from `/proc`), and what the whole machine's CPUs
 //! spent per request and on which commands (the load generator, and on the distributed setup
-//! the database, cache and broker, share the machine). The client is a minimal raw HTTP/1.1
+//! the database, cache and broker, share the machine), and whether the work a consume leaves
+//! behind (its event relayed, then recorded by analytics) kept pace (`load/backlog.rs`). The client is a minimal raw HTTP/1.1
 //! writer on a single-threaded runtime so that most of the CPU is left to the server.
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use tokio::net::TcpStream;
 
 use crate::{cargo, run, usage};
 
+mod backlog;
 mod distributed;
 mod http2;
 
@@ -282,6 +284,7 @@ async fn drive(load: &Load, addrs: Vec<String>, users: Vec<String>, pids: &[u32]
             shares.join(", ")
         );
     }
+    backlog::report(&addrs).await?;
     Ok(measured)
 }
 
