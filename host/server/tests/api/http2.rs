@@ -24,15 +24,18 @@ async fn concurrent_consumes_on_one_http2_connection_are_each_answered_and_count
             .json(&json!({"userId": user.id, "provider": "openai", "tokens": 1}));
         consumes.spawn(consume.send());
     }
+    // Each answer's request id is its own: sent unindexed, none is mistaken for another's.
+    let mut ids = std::collections::HashSet::new();
     while let Some(answer) = consumes.join_next().await {
         let answer = answer.unwrap().unwrap();
         assert_eq!(answer.version(), Version::HTTP_2);
         assert_eq!(answer.status(), 200);
         assert!(answer.headers()["ratelimit"].to_str().unwrap().contains(";r="));
-        assert!(!answer.headers()["x-request-id"].is_empty());
+        assert!(ids.insert(answer.headers()["x-request-id"].to_str().unwrap().to_owned()));
         let body: Value = answer.json().await.unwrap();
         assert_eq!(body["allowed"], true);
     }
+    assert_eq!(ids.len(), 300);
     let quota: Value = app.get("/api/v1/tokens/quota?provider=openai", Some(&user.token)).await.json().await.unwrap();
     assert_eq!(quota["used"], 300);
     // The request metrics tell HTTP/2 from HTTP/1.1.
@@ -63,4 +66,15 @@ async fn http2_requests_meet_the_same_authorization_and_body_limit() {
     app.assert_oversized_body_refused(&client).await;
     let quota: Value = app.get("/api/v1/tokens/quota?provider=openai", Some(&user.token)).await.json().await.unwrap();
     assert_eq!(quota["used"], 0);
+}
+
+#[tokio::test]
+async fn the_request_ids_a_gateway_sends_come_back_over_http2() {
+    let app = spawn_app_with(no_rate_limit).await;
+    let client = http2_client();
+    for id in ["gateway-1", "gateway-2", "gateway-1"] {
+        let answer = client.get(app.url("/health/live")).header("x-request-id", id).send().await.unwrap();
+        assert_eq!(answer.version(), Version::HTTP_2);
+        assert_eq!(answer.headers()["x-request-id"], id);
+    }
 }
