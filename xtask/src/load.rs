@@ -13,8 +13,9 @@
 //! (CPU time and bytes written to storage, from `/proc`), and what the whole machine's CPUs
 //! spent per request and on which commands (the load generator, and on the distributed setup
 //! the database, cache and broker, share the machine), and whether the work a consume leaves
-//! behind (its event relayed, then recorded by analytics) kept pace (`load/backlog.rs`). The client is a minimal raw HTTP/1.1
-//! writer on a single-threaded runtime so that most of the CPU is left to the server.
+//! behind (its event relayed, then recorded by analytics) kept pace (`load/backlog.rs`). The
+//! client is a minimal raw HTTP/1.1 writer on a single-threaded runtime so that most of the CPU
+//! is left to the server.
 
 use std::collections::BTreeMap;
 use std::io::Write;

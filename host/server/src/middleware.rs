@@ -53,9 +53,9 @@ pub fn wrap(router: Router<AppState>, state: AppState) -> Router {
 /// adds one entry an answer, which pushes out fields that do repeat; and the encoder compares
 /// each new value with every value of that name in the table. Under a gateway's load the
 /// encoder's share of the server's CPU went from 4.9% to 3.4% with this (docs/09-performance.md,
-/// "fourteenth sitting"). A sensitive value is
-/// sent as a literal and kept out of the table (RFC 7541, section 6.2.3). It changes nothing
-/// over HTTP/1.1, and ids a client sends are marked too, since they do not repeat either.
+/// "fourteenth sitting"). A sensitive value is sent as a literal and kept out of the table (RFC
+/// 7541, section 6.2.3). It changes nothing over HTTP/1.1, and ids a client sends are marked
+/// too, since they do not repeat either.
 fn never_indexed_request_id(mut request: Request) -> Request {
     if let Some(id) = request.headers_mut().get_mut(&REQUEST_ID) {
         id.set_sensitive(true);
