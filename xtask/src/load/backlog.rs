@@ -1,5 +1,5 @@
 //! Whether the servers kept up: a run's requests per second count only if the work each consume
-//! leaves behind (its event relayed from the outbox to the bus, then recorded by the analytics
+//! leaves behind (its event relayed from the outbox to the bus, then read by the analytics
 //! consumer) kept pace with it. Read from the servers' own counters on `/metrics`, summed over
 //! the replicas, when the load stops; then read again until the analytics consumer has read as
 //! many events as consumes were answered, or a deadline passes. The relay publishes at least
@@ -16,20 +16,20 @@ pub struct Stages {
     pub consumes: u64,
     /// Events the outbox relay published (`leaky_outbox_relayed_total`).
     pub relayed: u64,
-    /// Events the analytics consumer recorded (`leaky_analytics_consumed_total`; `None` where no
+    /// Events the analytics consumer read (`leaky_analytics_consumed_total`; `None` where no
     /// server consumes from a broker).
-    pub recorded: Option<u64>,
+    pub read_by_analytics: Option<u64>,
 }
 
 /// How long to wait, once the load stops, for the analytics to catch up.
 const CATCH_UP_WITHIN: Duration = Duration::from_secs(30);
 
 /// Reads the stages of every server in `addrs` when the load stops, prints them, and prints how
-/// long the analytics then took to record an event for every consume answered.
+/// long the analytics consumer then took to read as many events as consumes were answered.
 pub async fn report(addrs: &[String]) -> Result<()> {
     let stopped = Instant::now();
     let at_stop = read_all(addrs).await?;
-    let Some(recorded) = at_stop.recorded else {
+    let Some(read_by_analytics) = at_stop.read_by_analytics else {
         println!(
             "kept up:    {} consumes answered, {} events relayed when the load stopped",
             at_stop.consumes, at_stop.relayed
@@ -37,16 +37,16 @@ pub async fn report(addrs: &[String]) -> Result<()> {
         return Ok(());
     };
     println!(
-        "kept up:    when the load stopped, {} consumes answered, {} events relayed ({} behind), {recorded} recorded \
-         by analytics ({} behind)",
+        "kept up:    when the load stopped, {} consumes answered, {} events relayed ({} behind), {read_by_analytics} read by \
+         analytics ({} behind)",
         at_stop.consumes,
         at_stop.relayed,
         at_stop.consumes.saturating_sub(at_stop.relayed),
-        at_stop.consumes.saturating_sub(recorded)
+        at_stop.consumes.saturating_sub(read_by_analytics)
     );
     loop {
         let now = read_all(addrs).await?;
-        if now.recorded.unwrap_or(0) >= now.consumes {
+        if now.read_by_analytics.unwrap_or(0) >= now.consumes {
             println!(
                 "            analytics caught up {:.1} s after the load stopped (as many events read as consumes answered)",
                 stopped.elapsed().as_secs_f64()
@@ -55,8 +55,8 @@ pub async fn report(addrs: &[String]) -> Result<()> {
         }
         if stopped.elapsed() > CATCH_UP_WITHIN {
             println!(
-                "            {} events still not recorded {} s after the load stopped",
-                now.consumes.saturating_sub(now.recorded.unwrap_or(0)),
+                "            {} events still not read by analytics {} s after the load stopped",
+                now.consumes.saturating_sub(now.read_by_analytics.unwrap_or(0)),
                 CATCH_UP_WITHIN.as_secs()
             );
             return Ok(());
@@ -76,7 +76,7 @@ async fn read_all(addrs: &[String]) -> Result<Stages> {
         let one = parse(&text);
         sum.consumes += one.consumes;
         sum.relayed += one.relayed;
-        sum.recorded = match (sum.recorded, one.recorded) {
+        sum.read_by_analytics = match (sum.read_by_analytics, one.read_by_analytics) {
             (None, None) => None,
             (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
         };
@@ -95,7 +95,7 @@ fn parse(text: &str) -> Stages {
         match name {
             "leaky_consume_total" => stages.consumes += value,
             "leaky_outbox_relayed_total" => stages.relayed += value,
-            "leaky_analytics_consumed_total" => *stages.recorded.get_or_insert(0) += value,
+            "leaky_analytics_consumed_total" => *stages.read_by_analytics.get_or_insert(0) += value,
             _ => {}
         }
     }
@@ -114,12 +114,12 @@ mod tests {
                     leaky_consume_totally_different 99\n\
                     leaky_outbox_relayed_total 118\n\
                     leaky_analytics_consumed_total 100\n";
-        assert_eq!(parse(text), Stages { consumes: 123, relayed: 118, recorded: Some(100) });
+        assert_eq!(parse(text), Stages { consumes: 123, relayed: 118, read_by_analytics: Some(100) });
     }
 
     #[test]
-    fn without_an_analytics_consumer_nothing_is_recorded() {
+    fn without_an_analytics_consumer_nothing_is_read_by_one() {
         let text = "leaky_consume_total{outcome=\"allowed\"} 5\nleaky_outbox_relayed_total 5\n";
-        assert_eq!(parse(text), Stages { consumes: 5, relayed: 5, recorded: None });
+        assert_eq!(parse(text), Stages { consumes: 5, relayed: 5, read_by_analytics: None });
     }
 }
