@@ -21,6 +21,14 @@ pub struct Stages {
     pub read_by_analytics: Option<u64>,
 }
 
+impl Stages {
+    /// Consumes answered whose event the analytics consumer has not read (all of them where no
+    /// server consumes from a broker).
+    fn analytics_behind(&self) -> u64 {
+        self.consumes.saturating_sub(self.read_by_analytics.unwrap_or(0))
+    }
+}
+
 /// How long to wait, once the load stops, for the analytics to catch up.
 const CATCH_UP_WITHIN: Duration = Duration::from_secs(30);
 
@@ -42,27 +50,26 @@ pub async fn report(addrs: &[String]) -> Result<()> {
         at_stop.consumes,
         at_stop.relayed,
         at_stop.consumes.saturating_sub(at_stop.relayed),
-        at_stop.consumes.saturating_sub(read_by_analytics)
+        at_stop.analytics_behind()
     );
-    loop {
-        let now = read_all(addrs).await?;
-        if now.read_by_analytics.unwrap_or(0) >= now.consumes {
-            println!(
-                "            analytics caught up {:.1} s after the load stopped (as many events read as consumes answered)",
-                stopped.elapsed().as_secs_f64()
-            );
-            return Ok(());
-        }
+    let mut now = at_stop;
+    while now.analytics_behind() > 0 {
         if stopped.elapsed() > CATCH_UP_WITHIN {
             println!(
                 "            {} events still not read by analytics {} s after the load stopped",
-                now.consumes.saturating_sub(now.read_by_analytics.unwrap_or(0)),
+                now.analytics_behind(),
                 CATCH_UP_WITHIN.as_secs()
             );
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        now = read_all(addrs).await?;
     }
+    println!(
+        "            analytics caught up {:.1} s after the load stopped (as many events read as consumes answered)",
+        stopped.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// The stages summed over every server in `addrs`.
@@ -76,10 +83,9 @@ async fn read_all(addrs: &[String]) -> Result<Stages> {
         let one = parse(&text);
         sum.consumes += one.consumes;
         sum.relayed += one.relayed;
-        sum.read_by_analytics = match (sum.read_by_analytics, one.read_by_analytics) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
-        };
+        if let Some(read) = one.read_by_analytics {
+            *sum.read_by_analytics.get_or_insert(0) += read;
+        }
     }
     Ok(sum)
 }
